@@ -1,0 +1,48 @@
+"""The interface every architecture module implements."""
+
+import ctypes
+from dataclasses import dataclass
+
+from hotpatch.link.reloc import RelocType
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Bytes to write at `site` so that execution continues at `target`."""
+
+    site: int
+    code: bytes
+    form: str  # "near" or "far": which encoding reached
+
+
+class Arch:
+    name: str
+    e_machine: int
+    regs_type: type[ctypes.Structure]
+    syscall_insn: bytes
+    syscall_insn_align: int
+    syscall_numbers: dict[str, int]
+    relocations: dict[int, RelocType]
+    got_reloc_types: set[int]   # dynamic relocations that fill a GOT slot (GLOB_DAT, JUMP_SLOT)
+    stub_size: int          # one call stub / veneer through a GOT slot
+    near_branch_size: int   # smallest trampoline
+    far_branch_size: int    # trampoline reaching any address
+
+    # registers
+    def pc(self, regs) -> int: ...
+    def sp(self, regs) -> int: ...
+    def code_pointers(self, regs) -> list[int]:
+        """Registers other than pc that may hold a live return address (aarch64 LR)."""
+        return []
+    def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]): ...
+    def syscall_result(self, regs) -> int: ...
+    def after_syscall_insn(self, gadget: int) -> int:
+        return gadget + len(self.syscall_insn)
+
+    # code
+    def landing_pad(self, code: bytes) -> int:
+        """Bytes at a function entry that must stay (endbr64, bti c)."""
+        return 0
+    def branch(self, site: int, target: int, room: int) -> Branch: ...
+    def in_branch_reach(self, site: int, target: int) -> bool: ...
+    def stub(self, stub_addr: int, slot_addr: int) -> bytes: ...

@@ -1,0 +1,220 @@
+"""`hotpatch build`: compile patch sources against a target binary into a patch file.
+
+Everything that can be decided without the process is decided here, so that
+apply has little to do and a bad patch fails before any service is touched:
+which functions are replaced, the expected original bytes, and which symbols
+bind to the target (static ones included).
+"""
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from hotpatch import patchfile
+from hotpatch.arch import get_arch
+from hotpatch.elf import ELFFormatError
+from hotpatch.elf.dynamic import DynamicSymbols
+from hotpatch.elf.image import ElfImage
+from hotpatch.elf.needed import needed_closure
+from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
+from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
+from hotpatch.errors import AmbiguousSymbol, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
+from hotpatch.link.linker import plan_layout
+
+# -ffunction-sections keeps each function apart for the linker; no unwind
+# tables, because the image has no .eh_frame registration in the target.
+BASE_CFLAGS = ["-c", "-O2", "-fPIC", "-fno-common", "-ffunction-sections", "-fdata-sections",
+               "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-ident"]
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "x86_64": "x86_64-linux-gnu-gcc"}
+
+
+def host_arch() -> str:
+    return os.uname().machine
+
+
+def pick_compiler(arch: str) -> str:
+    if os.environ.get("CC"):
+        return os.environ["CC"]
+    if arch == host_arch():
+        return "gcc"
+    cross = CROSS_COMPILERS.get(arch)
+    if cross and shutil.which(cross):
+        return cross
+    raise UsageError(f"no compiler for {arch} targets", f"install {cross or 'a cross compiler'} or set CC")
+
+
+def compile_sources(sources: list[str], cc: str, cflags: list[str], workdir: str) -> bytes:
+    objects = []
+    for i, src in enumerate(sources):
+        if not os.path.isfile(src):
+            raise UsageError(f"patch source {src} does not exist")
+        out = os.path.join(workdir, f"{i}.o")
+        _run([*shlex.split(cc), *BASE_CFLAGS, *cflags, "-o", out, src], f"compiling {src}")
+        objects.append(out)
+    if len(objects) == 1:
+        combined = objects[0]
+    else:
+        combined = os.path.join(workdir, "patch.o")
+        _run([*shlex.split(cc), "-r", "-nostdlib", "-o", combined, *objects], "combining the patch objects")
+    with open(combined, "rb") as f:
+        return f.read()
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise UsageError(f"{what}: compiler {argv[0]} not found", "install gcc or set CC") from e
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise InvalidPatch(f"{what} failed ({argv[0]} exit {proc.returncode}); see the diagnostics above")
+
+
+def pick_target_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
+                       picks: dict[str, str]) -> Symbol | None:
+    """One definition of `name` in the target, the way C would bind an extern.
+
+    A global definition wins (it is what an extern in a new translation unit
+    means); otherwise a single file-local one; several file-local ones are
+    ambiguous unless `--pick name=file.c` chooses.
+    """
+    found = table.candidates(name, kinds)
+    if name in picks:
+        found = [s for s in found if s.file and os.path.basename(s.file) == picks[name]]
+        if not found:
+            raise InvalidPatch(f"--pick {name}={picks[name]}: no such symbol in that file")
+    if not found:
+        return None
+    globals_ = [s for s in found if s.bind != "local"]
+    if len({s.value for s in globals_}) == 1:
+        return globals_[0]
+    if not globals_ and len({s.value for s in found}) == 1:
+        return found[0]
+    listing = "; ".join(s.describe() for s in found)
+    raise AmbiguousSymbol(f"symbol {name} is ambiguous in the target: {listing}",
+                          f"choose one with --pick {name}=FILE.c")
+
+
+def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: SymbolTable,
+            picks: dict[str, str], sources: list[str], warn) -> patchfile.PatchMeta:
+    arch = get_arch(obj.machine)
+    with open(target_path, "rb") as f:
+        target_bytes = f.read()
+    replace, new_functions = [], []
+    for fn in obj.defined_functions():
+        if fn.bind == "local":
+            continue
+        old = pick_target_symbol(table, fn.name, ("func",), picks)
+        if old is None:
+            new_functions.append(fn.name)
+            continue
+        size = table.extent(old)
+        file_off = image.vaddr_to_offset(old.value)
+        if file_off is None or size <= 0:
+            raise InvalidPatch(f"function {fn.name} has no code in {target_path}")
+        code = target_bytes[file_off:file_off + size]
+        pad = arch.landing_pad(code)
+        if size < pad + arch.near_branch_size:
+            raise FunctionTooShort(
+                f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
+                + (f" after its {pad}-byte landing pad" if pad else ""),
+                "patch its callers instead")
+        cold = [[c.value, c.size] for c in table.candidates(fn.name + ".cold", ("func", "notype"))
+                if c.file == old.file]
+        for clone in table.clones_of(fn.name):
+            warn(f"warning: the target also has {clone.name}, a compiler clone of {fn.name}; "
+                 "its callers keep the old code unless the patch replaces them too")
+        replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
+                                                  hashlib.sha256(code).hexdigest(), pad,
+                                                  code[:32].hex(), cold))
+    if not replace:
+        raise InvalidPatch("the patch replaces no function of the target",
+                           "define a function with external linkage whose name matches one in the target")
+    for sym in obj.symbols:
+        if sym.kind == "object" and sym.bind != "local" and isinstance(sym.shndx, int) \
+                and table.candidates(sym.name, ("object",)):
+            warn(f"warning: the patch defines {sym.name}, which the target also defines: the patch "
+                 f"gets its own copy; declare it `extern` to use the target's")
+    target_symbols, external = {}, []
+    for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name}):
+        sym = pick_target_symbol(table, name, ("func", "object", "notype", "ifunc", "tls"), picks)
+        if sym is None:
+            external.append(name)
+        elif sym.kind == "tls":
+            raise InvalidPatch(f"{name} is a thread-local variable of the target; patches cannot reach it")
+        elif sym.kind == "ifunc":
+            raise InvalidPatch(f"{name} is an IFUNC resolver in the target; patches cannot call it directly")
+        else:
+            target_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
+    _check_external(obj, external, target_path, table, warn)
+    return patchfile.PatchMeta(
+        arch=obj.machine, target_path=os.path.abspath(target_path), target_build_id=image.build_id,
+        target_pie=image.is_pie, replace=replace, target_symbols=target_symbols, external=external,
+        new_functions=new_functions, sources=[os.path.basename(s) for s in sources])
+
+
+def _check_external(obj: RelocatableObject, external: list[str], target_path: str,
+                    table: SymbolTable, warn) -> None:
+    """Names not in the target must come from a library it loads: say so now, not at apply."""
+    if not external:
+        return
+    libs, missing = needed_closure(target_path, obj.machine)
+    if missing:
+        warn(f"warning: cannot check library symbols here ({', '.join(missing)} not found); "
+             "they are resolved at apply")
+        return
+    tables = []
+    for lib in libs:
+        try:
+            tables.append(DynamicSymbols.from_path(lib))
+        except ELFFormatError:
+            continue
+    weak = {s.name for s in obj.symbols if s.shndx == "UND" and s.bind == "weak"}
+    for name in external:
+        if name in weak or any(t.lookup(name) for t in tables):
+            continue
+        clones = [c.name for c in table.clones_of(name)]
+        hint = (f"the target only has {', '.join(clones)} (a compiler clone)" if clones else
+                "it may have been inlined or removed by the compiler when the target was built")
+        raise SymbolNotFound(
+            f"{name} is defined neither in {os.path.basename(target_path)} nor in the libraries it "
+            f"loads ({', '.join(os.path.basename(l) for l in libs) or 'none'}): {hint}",
+            f"copy {name} into the patch as a static function")
+
+
+def build(sources: list[str], target: str, output: str, cflags: str = "",
+          picks: dict[str, str] | None = None, warn=None) -> patchfile.PatchMeta:
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if not os.path.isfile(target):
+        raise UsageError(f"target binary {target} does not exist")
+    try:
+        image = ElfImage.from_path(target)
+        table = load_symbol_table(target)
+    except (ELFFormatError, OSError) as e:
+        raise InvalidPatch(f"target {target} is not a readable ELF binary: {e}") from e
+    if not image.build_id:
+        raise InvalidPatch(f"target {target} has no build-id, so a patch cannot be tied to it",
+                           "link the target with -Wl,--build-id")
+    arch = image.ehdr.machine
+    get_arch(arch)
+    with tempfile.TemporaryDirectory(prefix="hotpatch-build-") as work:
+        obj_bytes = compile_sources(sources, pick_compiler(arch), shlex.split(cflags), work)
+    try:
+        obj = parse_relocatable(obj_bytes)
+    except ELFFormatError as e:
+        raise InvalidPatch(f"the compiler produced an unusable object: {e}") from e
+    if obj.machine != arch:
+        raise InvalidPatch(f"the patch was compiled for {obj.machine} but the target is {arch}",
+                           "set CC to a compiler for the target's architecture")
+    meta = analyse(obj, target, image, table, picks or {}, sources, warn)
+    plan_layout(obj, get_arch(arch), header_size=4096)  # refuses unsupported relocations now, not at apply
+    data = patchfile.encode(meta, obj_bytes)
+    tmp = output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, output)
+    return meta

@@ -1,0 +1,183 @@
+"""Command line: `hotpatch PID PATCHFILE` and its sub-commands.
+
+Every failure ends in one line on stderr (or one JSON object with --json) and
+a documented exit code; a traceback is shown only with HOTPATCH_DEBUG=1.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from hotpatch import __version__
+from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_USAGE, HotpatchError, UsageError
+
+EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+COMMANDS = ("apply", "build", "list", "revert", "info", "demo")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} -h`")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = Parser(prog="hotpatch", description="Live-patch functions of a running process.\n\n"
+               "  hotpatch PID PATCHFILE          is  hotpatch apply PID PATCHFILE",
+               epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"hotpatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    a = sub.add_parser("apply", help="apply a patch to a running process", epilog=EPILOG, formatter_class=fmt)
+    a.add_argument("pid", type=int)
+    a.add_argument("patch")
+    a.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for threads to leave the functions to replace (default 10)")
+    a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
+    a.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("build", help="compile patch sources for a target binary", epilog=EPILOG,
+                       formatter_class=fmt)
+    b.add_argument("sources", nargs="+", metavar="SOURCE.c")
+    b.add_argument("--target", required=True, help="the binary the process runs")
+    b.add_argument("-o", "--output", required=True, help="patch file to write")
+    b.add_argument("--cflags", default="", help="extra compiler flags (compiler: $CC, default gcc)")
+    b.add_argument("--pick", action="append", default=[], metavar="NAME=FILE.c",
+                   help="choose among file-local symbols of the same name")
+    b.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="patches applied to a process", epilog=EPILOG, formatter_class=fmt)
+    ls.add_argument("pid", type=int)
+    ls.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("revert", help="undo the newest patch (or one, or all)", epilog=EPILOG,
+                       formatter_class=fmt)
+    r.add_argument("pid", type=int)
+    r.add_argument("patch_id", type=int, nargs="?")
+    r.add_argument("--all", action="store_true")
+    r.add_argument("--timeout", type=float, default=10.0)
+    r.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="describe a patch file", epilog=EPILOG, formatter_class=fmt)
+    i.add_argument("patch")
+    i.add_argument("--json", action="store_true")
+
+    sub.add_parser("demo", help="patch a bundled demo program live, then revert", epilog=EPILOG,
+                   formatter_class=fmt)
+    return p
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    if argv and argv[0].lstrip("-").isdigit() and argv[0] not in COMMANDS:
+        return ["apply", *argv]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    want_json = "--json" in argv
+    try:
+        args = make_parser().parse_args(argv)
+        if args.command is None:
+            make_parser().print_help()
+            return EXIT_USAGE
+        return run(args)
+    except HotpatchError as e:
+        return fail(e.exit_code, e.kind, e.line(), want_json)
+    except KeyboardInterrupt as e:
+        return fail(EXIT_INTERRUPTED, "interrupted", f"interrupted ({e or 'SIGINT'}); changes were undone",
+                    want_json)
+    except Exception as e:  # a bug: still one line, never a half-printed traceback
+        if os.environ.get("HOTPATCH_DEBUG"):
+            raise
+        return fail(EXIT_INTERNAL, "internal", f"internal error: {type(e).__name__}: {e} "
+                    "(set HOTPATCH_DEBUG=1 for a traceback)", want_json)
+
+
+EXIT_INTERRUPTED = 130
+
+
+def fail(code: int, kind: str, line: str, want_json: bool) -> int:
+    if want_json:
+        print(json.dumps({"status": "error", "error": kind, "message": line, "exit_code": code}))
+    else:
+        print(f"hotpatch: {line}", file=sys.stderr)
+    return code
+
+
+def emit(args, obj, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj))
+    else:
+        print(text)
+
+
+def run(args) -> int:
+    if args.command == "apply":
+        from hotpatch import apply as ops
+        from hotpatch.session import install_termination_handlers
+        install_termination_handlers()
+        report = ops.apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
+        emit(args, report, describe_apply(report))
+    elif args.command == "revert":
+        from hotpatch import apply as ops
+        from hotpatch.session import install_termination_handlers
+        install_termination_handlers()
+        if args.all and args.patch_id is not None:
+            raise UsageError("give a PATCH_ID or --all, not both")
+        report = ops.revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
+        emit(args, report, f"reverted patch {', '.join(map(str, report['reverted']))} "
+             f"({', '.join(report['patches'])}) in process {report['pid']}")
+    elif args.command == "list":
+        from hotpatch import apply as ops
+        patches = ops.list_patches(args.pid)
+        lines = [f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
+                 f"functions: {', '.join(f['name'] for f in p['functions'])}" for p in patches]
+        emit(args, {"status": "ok", "pid": args.pid, "patches": patches},
+             "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
+    elif args.command == "build":
+        from hotpatch.build import build
+        picks = {}
+        for item in args.pick:
+            name, sep, file = item.partition("=")
+            if not sep:
+                raise UsageError(f"--pick {item}: expected NAME=FILE.c")
+            picks[name] = file
+        meta = build(args.sources, args.target, args.output, args.cflags, picks)
+        emit(args, {"status": "built", "output": args.output, "replaces": [f.name for f in meta.replace],
+                    "new": meta.new_functions, "external": meta.external},
+             f"built {args.output}: replaces {', '.join(f.name for f in meta.replace)} in "
+             f"{os.path.basename(meta.target_path)} (build-id {meta.target_build_id[:16]}…)")
+    elif args.command == "info":
+        from hotpatch import patchfile
+        patch = patchfile.read(args.patch)
+        patch.obj  # validates the code too
+        m = patch.meta
+        emit(args, {"status": "ok", "sha256": patch.sha256, "meta": _meta_dict(m)},
+             "\n".join([f"patch {args.patch} (sha256 {patch.sha256[:16]}…)",
+                        f"  target:    {m.target_path} ({m.arch}, build-id {m.target_build_id})",
+                        f"  replaces:  {', '.join(f.name for f in m.replace)}",
+                        f"  new:       {', '.join(m.new_functions) or '-'}",
+                        f"  binds to target: {', '.join(sorted(m.target_symbols)) or '-'}",
+                        f"  binds to libraries at apply: {', '.join(m.external) or '-'}",
+                        f"  sources:   {', '.join(m.sources)}"]))
+    elif args.command == "demo":
+        from hotpatch.demo import run_demo
+        return run_demo()
+    return 0
+
+
+def _meta_dict(m) -> dict:
+    from dataclasses import asdict
+    return asdict(m)
+
+
+def describe_apply(r: dict) -> str:
+    t = r["timings_ms"]
+    stop = (t.get("resumed", 0) - t.get("stopped", 0)) if "resumed" in t else None
+    funcs = ", ".join(f"{f['name']} ({f['jump']} jump)" for f in r["functions"])
+    if r["status"] == "dry-run":
+        return f"dry run: patch {r['patch']} would replace {funcs} in process {r['pid']}; nothing changed"
+    return (f"applied patch {r['id']} ({r['patch']}) to process {r['pid']}: {funcs}"
+            + (f"; target stopped {stop:.2f} ms" if stop is not None else ""))

@@ -1,0 +1,118 @@
+"""Exported symbols of a shared object or executable: .dynsym looked up by GNU hash.
+
+A hash lookup reads a handful of entries where iterating libc's .dynsym would
+decode thousands; only default symbol versions bind (never memcpy@GLIBC_2.2.5).
+"""
+
+import struct
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from hotpatch.elf import ELFFormatError
+
+_SYM = struct.Struct("<IBBHQQ")
+_RELA = struct.Struct("<QQq")
+STT_GNU_IFUNC = 10
+VERSYM_HIDDEN = 0x8000
+SHN_UNDEF = 0
+
+
+def gnu_hash(name: bytes) -> int:
+    h = 5381
+    for c in name:
+        h = (h * 33 + c) & 0xFFFFFFFF
+    return h
+
+
+class DynamicSymbols:
+    def __init__(self, dynsym: bytes, dynstr: bytes, gnu_hash_data: bytes | None,
+                 versym: bytes | None, relas: list[bytes]):
+        self.dynsym, self.dynstr, self.versym, self.relas = dynsym, dynstr, versym, relas
+        self.count = len(dynsym) // _SYM.size
+        self._table = None
+        if gnu_hash_data and len(gnu_hash_data) >= 16:
+            nbuckets, self.symoffset, bloom_size, _ = struct.unpack_from("<IIII", gnu_hash_data)
+            buckets_at = 16 + 8 * bloom_size
+            self.nbuckets = nbuckets
+            self.buckets = struct.unpack_from(f"<{nbuckets}I", gnu_hash_data, buckets_at)
+            self.chains_at = buckets_at + 4 * nbuckets
+            self.hash_data = gnu_hash_data
+        else:
+            self.nbuckets = 0
+
+    @classmethod
+    def from_path(cls, path: str) -> "DynamicSymbols":
+        try:
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+
+                def data(name):
+                    sec = elf.get_section_by_name(name)
+                    return sec.data() if sec is not None and sec.header["sh_type"] != "SHT_NOBITS" else None
+                relas = [d for d in (data(".rela.plt"), data(".rela.dyn")) if d]
+                return cls(data(".dynsym") or b"", data(".dynstr") or b"", data(".gnu.hash"),
+                           data(".gnu.version"), relas)
+        except (ELFError, OSError, ValueError, struct.error) as e:
+            raise ELFFormatError(f"cannot read dynamic symbols of {path}: {e}") from e
+
+    def _name(self, st_name: int) -> bytes:
+        end = self.dynstr.find(b"\0", st_name)
+        return self.dynstr[st_name:end if end >= 0 else len(self.dynstr)]
+
+    def _entry(self, index: int):
+        return _SYM.unpack_from(self.dynsym, index * _SYM.size)
+
+    def _usable(self, index: int) -> bool:
+        st_name, st_info, _, st_shndx, _, _ = self._entry(index)
+        bind = st_info >> 4
+        if st_shndx == SHN_UNDEF or bind not in (1, 2, 10):   # GLOBAL, WEAK, GNU_UNIQUE
+            return False
+        if self.versym and 2 * index + 2 <= len(self.versym):
+            (ver,) = struct.unpack_from("<H", self.versym, 2 * index)
+            if ver & VERSYM_HIDDEN:
+                return False
+        return True
+
+    def lookup(self, name: str) -> tuple[int, bool] | None:
+        """(st_value, is_ifunc) of the default definition of `name`, or None."""
+        key = name.encode()
+        for index in self._candidates(key):
+            st_name, st_info, _, _, st_value, _ = self._entry(index)
+            if self._name(st_name) == key and self._usable(index):
+                return st_value, (st_info & 0xF) == STT_GNU_IFUNC
+        return None
+
+    def _candidates(self, key: bytes):
+        if not self.nbuckets:
+            if self._table is None:
+                self._table = {}
+                for i in range(1, self.count):
+                    self._table.setdefault(self._name(self._entry(i)[0]), []).append(i)
+            yield from self._table.get(key, [])
+            return
+        h = gnu_hash(key)
+        index = self.buckets[h % self.nbuckets]
+        if index < self.symoffset:
+            return
+        while index < self.count:
+            pos = self.chains_at + 4 * (index - self.symoffset)
+            if pos + 4 > len(self.hash_data):
+                return
+            (chain,) = struct.unpack_from("<I", self.hash_data, pos)
+            if (chain | 1) == (h | 1):
+                yield index
+            if chain & 1:
+                return
+            index += 1
+
+    def import_slot(self, name: str, got_types: set[int]) -> int | None:
+        """r_offset of the GOT slot through which this module calls `name`, if it does."""
+        key = name.encode()
+        for data in self.relas:
+            for r_offset, r_info, _ in _RELA.iter_unpack(data[:len(data) // 24 * 24]):
+                sym = r_info >> 32
+                if (r_info & 0xFFFFFFFF) in got_types and 0 < sym < self.count \
+                        and self._name(self._entry(sym)[0]) == key:
+                    return r_offset
+        return None

@@ -1,0 +1,143 @@
+"""Symbol tables of target binaries (.symtab, .dynsym, or a debug file by build-id)."""
+
+import os
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from hotpatch.elf import ELFFormatError
+from hotpatch.elf.image import ElfImage
+
+DEFAULT_DEBUG_DIRS = ("/usr/lib/debug",)
+
+_KINDS = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_GNU_IFUNC": "ifunc",
+          "STT_LOOS": "ifunc", "STT_TLS": "tls", "STT_NOTYPE": "notype"}
+_BINDS = {"STB_LOCAL": "local", "STB_GLOBAL": "global", "STB_WEAK": "weak",
+          "STB_GNU_UNIQUE": "global", "STB_LOOS": "global"}
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    value: int
+    size: int
+    kind: str       # func, object, ifunc, tls, notype
+    bind: str       # local, global, weak
+    file: str | None  # the STT_FILE a local symbol follows
+
+    def describe(self) -> str:
+        where = f" in {self.file}" if self.file else ""
+        return f"{self.bind} {self.kind} {self.name}{where} at {self.value:#x}"
+
+
+def strip_version(name: str) -> str:
+    """'stdout@GLIBC_2.2.5' and 'memcpy@@GLIBC_2.14' name the same C symbol."""
+    at = name.find("@")
+    return name if at <= 0 else name[:at]
+
+
+def read_elf_symbols(elf: ELFFile, section_name: str) -> list[Symbol]:
+    section = elf.get_section_by_name(section_name)
+    if section is None or not hasattr(section, "iter_symbols"):
+        return []
+    out, current_file = [], None
+    for sym in section.iter_symbols():
+        info = sym["st_info"]
+        if info["type"] == "STT_FILE":
+            current_file = sym.name or None
+            continue
+        shndx = sym["st_shndx"]
+        if shndx in ("SHN_UNDEF", "SHN_COMMON") or not sym.name:
+            continue
+        if info["type"] == "STT_SECTION":
+            continue
+        bind = _BINDS.get(info["bind"], "global")
+        out.append(Symbol(strip_version(sym.name), sym["st_value"], sym["st_size"],
+                          _KINDS.get(info["type"], "notype"), bind,
+                          current_file if bind == "local" else None))
+    return out
+
+
+class SymbolTable:
+    """Defined symbols of one binary; lookups by C name with ambiguity reported."""
+
+    def __init__(self, symbols: list[Symbol], source: str):
+        self.source = source
+        self._by_name: dict[str, list[Symbol]] = {}
+        seen = set()
+        for s in symbols:
+            key = (s.name, s.value, s.kind)
+            if key in seen:
+                continue
+            seen.add(key)
+            self._by_name.setdefault(s.name, []).append(s)
+        # Sorted starts let a zero-size symbol (hand-written assembly) take the
+        # gap to the next symbol as its extent.
+        self._starts = sorted({s.value for s in symbols if s.kind in ("func", "ifunc", "notype")})
+
+    def candidates(self, name: str, kinds: tuple[str, ...] | None = None) -> list[Symbol]:
+        found = self._by_name.get(name, [])
+        return [s for s in found if kinds is None or s.kind in kinds]
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def extent(self, sym: Symbol) -> int:
+        if sym.size:
+            return sym.size
+        import bisect
+        i = bisect.bisect_right(self._starts, sym.value)
+        return self._starts[i] - sym.value if i < len(self._starts) else 0
+
+    def clones_of(self, name: str) -> list[Symbol]:
+        """Compiler clones (f.isra.0, f.constprop.0, f.part.0) that callers may use instead of f."""
+        prefix = name + "."
+        return [s for n, syms in self._by_name.items() if n.startswith(prefix)
+                and not n.endswith(".cold") for s in syms if s.kind == "func"]
+
+
+def find_debug_file(build_id: str | None, debug_dirs: tuple[str, ...]) -> str | None:
+    if not build_id or len(build_id) < 4:
+        return None
+    for d in debug_dirs:
+        path = os.path.join(d, ".build-id", build_id[:2], build_id[2:] + ".debug")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def debug_dirs_from_env() -> tuple[str, ...]:
+    extra = os.environ.get("HOTPATCH_DEBUG_DIRS", "")
+    return tuple(p for p in extra.split(":") if p) + DEFAULT_DEBUG_DIRS
+
+
+def load_symbol_table(path: str, debug_dirs: tuple[str, ...] | None = None) -> SymbolTable:
+    """The fullest symbol table available for a binary.
+
+    .symtab when present; otherwise the debug file found by build-id (its
+    .symtab carries the static symbols a stripped binary lost); .dynsym always
+    adds the exported names.
+    """
+    if debug_dirs is None:
+        debug_dirs = debug_dirs_from_env()
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            symbols = read_elf_symbols(elf, ".symtab")
+            source = path
+            dyn = read_elf_symbols(elf, ".dynsym")
+    except (ELFError, OSError, ValueError) as e:
+        raise ELFFormatError(f"cannot read symbols of {path}: {e}") from e
+    if not symbols:
+        debug = find_debug_file(ElfImage.from_path(path).build_id, debug_dirs)
+        if debug:
+            try:
+                with open(debug, "rb") as f:
+                    symbols = read_elf_symbols(ELFFile(f), ".symtab")
+                source = debug
+            except (ELFError, OSError, ValueError) as e:
+                raise ELFFormatError(f"cannot read debug file {debug}: {e}") from e
+        else:
+            source = f"{path} (.dynsym only: stripped, no debug file found)"
+    return SymbolTable(symbols + dyn, source)

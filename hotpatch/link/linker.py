@@ -1,0 +1,243 @@
+"""Lay out a patch object as an image and relocate it for a base address.
+
+Two phases, because the image must be mapped in the target before its final
+address is known: `plan_layout` fixes every offset and the total size without
+knowing the base; `LayoutPlan.link` then resolves and relocates at a base.
+
+Image layout (each part page-aligned, permissions never W and X together):
+    r--  record header, read-only data, GOT slots
+    r-x  code, call stubs
+    rw-  data, bss
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hotpatch.arch.base import Arch
+from hotpatch.elf.relocatable import (SHF_EXECINSTR, SHF_TLS, SHF_WRITE, SHT_NOBITS,
+                                      RelocatableObject, Section)
+from hotpatch.errors import InvalidPatch, RelocationError, SymbolNotFound
+from hotpatch.link.reloc import FieldOverflow, check_field_bounds
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+
+# Sections a patch may carry but that have no place in the image.
+_SKIPPED_TYPES = {7, 17, 0x70000001, 0x6ffffff5, 0x6fff4c03}  # NOTE, GROUP, X86_64_UNWIND, GNU_ATTRIBUTES, LLVM_ADDRSIG
+_SKIPPED_NAMES = (".eh_frame", ".note", ".comment")
+_CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
+_CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
+
+Resolver = Callable[[str], int | None]
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int
+    size: int
+    prot: int
+
+
+@dataclass
+class LinkedImage:
+    base: int
+    size: int
+    data: bytearray
+    segments: list[Segment]
+    symbols: dict[str, int]          # global symbols defined by the patch
+    code_range: tuple[int, int]      # [start, end) of the r-x part
+
+    def segment_bytes(self, seg: Segment) -> bytes:
+        return bytes(self.data[seg.offset:seg.offset + seg.size])
+
+
+@dataclass
+class LayoutPlan:
+    obj: RelocatableObject
+    arch: Arch
+    page_size: int
+    header_size: int
+    section_offsets: dict[int, int]
+    got_offset: int
+    got_keys: list[str | int]                 # slot i holds the address of this symbol key
+    stub_offset: int
+    stub_keys: list[str]                      # stub i calls this external symbol
+    segments: list[Segment]
+    size: int
+    undefined: list[str] = field(default_factory=list)
+
+    def link(self, base: int, resolve: Resolver) -> LinkedImage:
+        return _link(self, base, resolve)
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def _classify(sec: Section) -> str | None:
+    if not sec.alloc or sec.sh_type in _SKIPPED_TYPES or sec.name.startswith(_SKIPPED_NAMES):
+        return None
+    if sec.sh_flags & SHF_TLS:
+        raise InvalidPatch(f"section {sec.name} holds thread-local data, which a patch cannot add",
+                           "use a global or static variable")
+    if sec.sh_type in _CONSTRUCTOR_TYPES or sec.name.startswith(_CONSTRUCTOR_NAMES):
+        raise InvalidPatch(f"section {sec.name}: constructors and destructors cannot run in a patch",
+                           "initialise new data statically")
+    if sec.sh_flags & SHF_EXECINSTR:
+        return "text"
+    if sec.sh_flags & SHF_WRITE:
+        return "bss" if sec.sh_type == SHT_NOBITS else "data"
+    return "rodata"
+
+
+def _symbol_key(obj: RelocatableObject, index: int) -> str | int:
+    sym = obj.symbols[index]
+    if sym.shndx == "UND" or (sym.bind != "local" and sym.name):
+        return sym.name
+    return index
+
+
+def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size: int = 4096) -> LayoutPlan:
+    groups: dict[str, list[Section]] = {"rodata": [], "text": [], "data": [], "bss": []}
+    for sec in obj.sections.values():
+        kind = _classify(sec)
+        if kind:
+            groups[kind].append(sec)
+    for sym in obj.symbols:
+        if sym.shndx == "COMMON":
+            raise InvalidPatch(f"symbol {sym.name} is a common symbol", "compile the patch with -fno-common")
+
+    got_keys: list[str | int] = []
+    stub_keys: list[str] = []
+    undefined: list[str] = []
+    for target, relocs in obj.relocations.items():
+        if _classify(obj.sections[target]) is None:
+            continue
+        for r in relocs:
+            rtype = arch.relocations.get(r.r_type)
+            if rtype is None:
+                raise RelocationError(
+                    f"unsupported relocation type {r.r_type} in {obj.sections[target].name}")
+            sym = obj.symbols[r.r_sym]
+            key = _symbol_key(obj, r.r_sym)
+            if rtype.needs_got and key not in got_keys:
+                got_keys.append(key)
+            if rtype.is_call and sym.shndx == "UND" and sym.name not in stub_keys:
+                stub_keys.append(sym.name)
+            if sym.shndx == "UND" and sym.name and sym.name not in undefined:
+                undefined.append(sym.name)
+    for name in stub_keys:
+        if name not in got_keys:
+            got_keys.append(name)
+
+    offsets: dict[int, int] = {}
+    pos = header_size
+
+    def place(sections: list[Section]) -> None:
+        nonlocal pos
+        for sec in sorted(sections, key=lambda s: s.index):
+            pos = _align(pos, sec.sh_addralign)
+            offsets[sec.index] = pos
+            pos += sec.sh_size
+
+    segments = []
+    start = 0
+    place(groups["rodata"])
+    got_offset = _align(pos, 8)
+    pos = got_offset + 8 * len(got_keys)
+    segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ))
+    start = pos = _align(pos, page_size)
+    place(groups["text"])
+    stub_offset = _align(pos, 16)
+    pos = stub_offset + arch.stub_size * len(stub_keys)
+    if pos > start:
+        segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_EXEC))
+    start = pos = _align(pos, page_size)
+    place(groups["data"])
+    place(groups["bss"])
+    if pos > start:
+        segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_WRITE))
+    size = _align(pos, page_size)
+    return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, got_keys,
+                      stub_offset, stub_keys, segments, size, undefined)
+
+
+def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
+    obj, arch = plan.obj, plan.arch
+    image = bytearray(plan.size)
+    for index, offset in plan.section_offsets.items():
+        sec = obj.sections[index]
+        image[offset:offset + len(sec.data)] = sec.data
+
+    resolved: dict[str, int] = {}
+
+    def symbol_address(index: int) -> int:
+        sym = obj.symbols[index]
+        if isinstance(sym.shndx, int):
+            if sym.shndx not in plan.section_offsets:
+                raise RelocationError(
+                    f"symbol {sym.name or index} lies in section {obj.sections[sym.shndx].name}, "
+                    "which is not part of the image")
+            return base + plan.section_offsets[sym.shndx] + sym.value
+        if sym.shndx == "ABS":
+            return sym.value
+        if sym.name not in resolved:
+            address = resolve(sym.name)
+            if address is None:
+                if sym.bind != "weak":
+                    raise SymbolNotFound(
+                        f"undefined symbol {sym.name}: not in the target binary nor in any library "
+                        "the process has loaded",
+                        "declare only symbols the target or its libraries define")
+                address = 0
+            resolved[sym.name] = address
+        return resolved[sym.name]
+
+    key_index = {}
+    for i, sym in enumerate(obj.symbols):
+        key_index.setdefault(_symbol_key(obj, i), i)
+    got = {}
+    for slot, key in enumerate(plan.got_keys):
+        address = symbol_address(key if isinstance(key, int) else key_index[key])
+        got[key] = base + plan.got_offset + 8 * slot
+        image[plan.got_offset + 8 * slot:plan.got_offset + 8 * slot + 8] = address.to_bytes(8, "little")
+    stubs = {}
+    for i, name in enumerate(plan.stub_keys):
+        stub_off = plan.stub_offset + arch.stub_size * i
+        stubs[name] = base + stub_off
+        image[stub_off:stub_off + arch.stub_size] = arch.stub(base + stub_off, got[name])
+
+    for target, relocs in obj.relocations.items():
+        if target not in plan.section_offsets:
+            continue
+        sec = obj.sections[target]
+        sec_off = plan.section_offsets[target]
+        if sec.sh_type == SHT_NOBITS and relocs:
+            raise RelocationError(f"relocations against {sec.name}, which has no contents")
+        for r in relocs:
+            rtype = arch.relocations[r.r_type]
+            check_field_bounds(rtype, sec.sh_size, r.r_offset, sec.name)
+            s = symbol_address(r.r_sym)
+            key = _symbol_key(obj, r.r_sym)
+            place = base + sec_off + r.r_offset
+            g = got.get(key, 0)
+            sym = obj.symbols[r.r_sym]
+            try:
+                rtype.store(image, sec_off + r.r_offset, rtype.compute(s, r.r_addend, place, g))
+            except FieldOverflow as e:
+                if rtype.is_call and sym.name in stubs:
+                    rtype.store(image, sec_off + r.r_offset,
+                                rtype.compute(stubs[sym.name], r.r_addend, place, g))
+                    continue
+                raise RelocationError(
+                    f"relocation overflow: {rtype.name} at {sec.name}+{r.r_offset:#x} "
+                    f"to {sym.name or obj.sections.get(sym.shndx, sec).name}: {e}",
+                    "the patch image could not be placed near enough to the target") from e
+
+    symbols = {}
+    for sym in obj.symbols:
+        if sym.bind != "local" and sym.name and isinstance(sym.shndx, int) \
+                and sym.shndx in plan.section_offsets:
+            symbols[sym.name] = base + plan.section_offsets[sym.shndx] + sym.value
+    code = [s for s in plan.segments if s.prot & PROT_EXEC]
+    code_range = (base + code[0].offset, base + code[0].offset + code[0].size) if code else (base, base)
+    return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range)

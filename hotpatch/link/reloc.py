@@ -1,0 +1,77 @@
+"""Relocation types as data: what each computes and how it is stored.
+
+An architecture's table maps ELF r_type numbers to RelocType values, so the
+table itself shows what is supported. An out-of-range value is an error, never
+a silent wrap: a wrong branch in a live service is a crash.
+"""
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from hotpatch.errors import RelocationError
+
+# value = compute(S, A, P, G): symbol, addend, place, GOT slot of the symbol.
+Compute = Callable[[int, int, int, int], int]
+# store(buf, offset, value) writes the value into the field, checking its range.
+Store = Callable[[bytearray, int, int], None]
+
+
+@dataclass(frozen=True)
+class RelocType:
+    name: str
+    compute: Compute
+    store: Store
+    width: int                 # bytes of the field, for bounds checks
+    needs_got: bool = False    # the symbol needs a GOT slot in the image
+    is_call: bool = False      # out of range: route through a stub/veneer instead of failing
+
+
+class FieldOverflow(ValueError):
+    pass
+
+
+def int_field(width: int, signed: bool) -> Store:
+    bits = width * 8
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}[width]
+
+    def store(buf: bytearray, offset: int, value: int) -> None:
+        if not lo <= value <= hi:
+            raise FieldOverflow(f"{value:#x} does not fit a {'signed' if signed else 'unsigned'} {bits}-bit field")
+        struct.pack_into("<" + fmt, buf, offset, value & ((1 << bits) - 1))
+    return store
+
+
+def truncating_field(width: int) -> Store:
+    """For fields defined to wrap (R_X86_64_64 of a 64-bit address)."""
+    fmt = {4: "I", 8: "Q"}[width]
+    mask = (1 << (width * 8)) - 1
+
+    def store(buf: bytearray, offset: int, value: int) -> None:
+        struct.pack_into("<" + fmt, buf, offset, value & mask)
+    return store
+
+
+def absolute(s: int, a: int, p: int, g: int) -> int:
+    return s + a
+
+
+def pc_relative(s: int, a: int, p: int, g: int) -> int:
+    return s + a - p
+
+
+def got_pc_relative(s: int, a: int, p: int, g: int) -> int:
+    return g + a - p
+
+
+def unsupported(name: str, why: str) -> RelocType:
+    """A known type we refuse, with the reason a user can act on."""
+    def refuse(s: int, a: int, p: int, g: int) -> int:
+        raise RelocationError(f"relocation {name} is not supported: {why}")
+    return RelocType(name, refuse, int_field(1, False), 1)
+
+
+def check_field_bounds(rtype: RelocType, section_size: int, offset: int, section: str) -> None:
+    if offset < 0 or offset + rtype.width > section_size:
+        raise RelocationError(f"{rtype.name} at {section}+{offset:#x} lies outside the section")

@@ -1,0 +1,94 @@
+"""The record of an applied patch, kept in the target itself.
+
+Each patch image starts with a read-only header page holding a magic, the
+name given to the mapping, and a JSON record: which functions were switched,
+the bytes that were there before, the bytes written. `list` and `revert` read
+it back from any later hotpatch process, so nothing lives on the patcher's side.
+"""
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+
+MAGIC = b"\x7fHOTPATCH-RECORD"
+NAME_OFFSET, NAME_SIZE = 16, 32
+JSON_OFFSET = 64
+_LEN = struct.Struct("<I")
+MAX_BYTES_HEX = 2 * 32
+
+
+@dataclass
+class SwitchedFunction:
+    name: str
+    entry: int       # original function entry
+    site: int        # where the jump was written (after a landing pad)
+    new: int         # replacing function
+    saved: str       # hex: bytes at site before (original, or an earlier patch's jump)
+    written: str     # hex: the jump
+
+
+@dataclass
+class PatchRecord:
+    id: int
+    patch: str
+    patch_sha256: str
+    applied_at: str
+    hotpatch_version: str
+    build_id: str
+    module: str
+    bias: int
+    base: int
+    size: int
+    code: list[int]                  # [start, end) of the image's executable part
+    functions: list[SwitchedFunction]
+
+    def header_bytes(self, size: int) -> bytes:
+        body = json.dumps(asdict(self), sort_keys=True).encode()
+        name = self.vma_name().encode()
+        out = bytearray(size)
+        out[:16] = MAGIC
+        out[NAME_OFFSET:NAME_OFFSET + len(name)] = name
+        out[48:52] = _LEN.pack(len(body))
+        if JSON_OFFSET + len(body) > size:
+            raise ValueError("record does not fit its header")
+        out[JSON_OFFSET:JSON_OFFSET + len(body)] = body
+        return bytes(out)
+
+    def vma_name(self) -> str:
+        return f"hotpatch:{self.id}"
+
+    @classmethod
+    def from_header(cls, data: bytes) -> "PatchRecord | None":
+        if len(data) < JSON_OFFSET or data[:16] != MAGIC:
+            return None
+        (length,) = _LEN.unpack_from(data, 48)
+        body = data[JSON_OFFSET:JSON_OFFSET + length]
+        try:
+            raw = json.loads(body)
+            raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def header_size_for(functions: list[str], patch_name: str, module: str, page_size: int) -> int:
+    """Room for the record, computed before any address is known (every number at its widest)."""
+    big = (1 << 64) - 1
+    worst = PatchRecord(big, patch_name, "f" * 64, "2026-01-01T00:00:00.000000+00:00", "x" * 16,
+                        "f" * 64, module, big, big, big, [big, big],
+                        [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX)
+                         for name in functions])
+    body = len(json.dumps(asdict(worst), sort_keys=True).encode())
+    return (JSON_OFFSET + body + page_size - 1) // page_size * page_size
+
+
+def original_view(records: list[PatchRecord], address: int, current: bytes) -> bytes:
+    """What `current` (memory at `address`) was before the given patches wrote their jumps."""
+    view = bytearray(current)
+    for record in sorted(records, key=lambda r: r.id, reverse=True):
+        for f in record.functions:
+            saved = bytes.fromhex(f.saved)
+            lo, hi = max(f.site, address), min(f.site + len(saved), address + len(view))
+            if lo < hi:
+                view[lo - address:hi - address] = saved[lo - f.site:hi - f.site]
+    return bytes(view)

@@ -1,0 +1,1 @@
+"""A live process: threads, registers, memory, mappings, remote syscalls."""

@@ -1,0 +1,60 @@
+"""/proc/PID/maps, parsed."""
+
+from dataclasses import dataclass
+
+from hotpatch.errors import TargetGone, TraceError
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def anonymous(self) -> bool:
+        return self.inode == 0 and (not self.path or self.path.startswith("[anon:"))
+
+    def __contains__(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        path = parts[5].strip() if len(parts) > 5 else ""
+        out.append(Mapping(start, end, parts[1], int(parts[2], 16), int(parts[4]), path))
+    return out
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return parse_maps(f.read())
+    except FileNotFoundError as e:
+        raise TargetGone(f"process {pid} does not exist") from e
+    except PermissionError as e:
+        raise TraceError(f"cannot read /proc/{pid}/maps: permission denied",
+                         "run as root or as the process's owner") from e
+
+
+def mapping_at(maps: list[Mapping], address: int) -> Mapping | None:
+    for m in maps:
+        if address in m:
+            return m
+    return None

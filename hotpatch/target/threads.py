@@ -1,0 +1,223 @@
+"""Every thread of a process under ptrace: seize, stop, resume, detach.
+
+PTRACE_SEIZE leaves threads running; PTRACE_INTERRUPT stops them without
+sending SIGSTOP (which would race with the program's own job control).
+Threads stay seized for the whole session, so the commit stop costs only
+INTERRUPT and waitpid per thread.
+
+Signals: a thread reporting a signal-delivery-stop is resumed at once with
+that signal, so the kernel delivers it with its siginfo intact (payload and
+sender), exactly once; it is then interrupted again. A thread in group-stop
+(the process was stopped with SIGSTOP) is resumed with PTRACE_LISTEN, so it
+stays stopped, and detach leaves it stopped.
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from hotpatch.errors import TargetGone, TraceError
+from hotpatch.target import ptrace as P
+
+RUNNING, STOPPED = "running", "stopped"
+
+
+@dataclass
+class Tracee:
+    tid: int
+    state: str = RUNNING
+    hold: bool = False          # we want it stopped
+    interrupted: bool = False   # INTERRUPT sent, stop not seen yet
+    group_stop: bool = False
+    stepping: bool = False      # events go to `events` for the remote-syscall code
+    events: list[int] = field(default_factory=list)
+
+
+def list_tids(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError as e:
+        raise TargetGone(f"process {pid} exited") from e
+
+
+def thread_name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+class ThreadGroup:
+    def __init__(self, pid: int, waiter: P.Waiter, stop_timeout: float = 5.0):
+        self.pid = pid
+        self.waiter = waiter
+        self.stop_timeout = stop_timeout
+        self.tracees: dict[int, Tracee] = {}
+        self.hold_new = False
+        self.gone = False
+        self.signals_passed = 0
+
+    # -- attach ---------------------------------------------------------
+    def seize_all(self) -> None:
+        """Seize every thread; rescan until a pass finds no new one."""
+        while True:
+            new = [tid for tid in list_tids(self.pid) if tid not in self.tracees]
+            if not new:
+                break
+            for tid in new:
+                try:
+                    P.seize(tid)
+                except P.ThreadGoneError:
+                    continue
+                self.tracees[tid] = Tracee(tid, hold=self.hold_new)
+                if self.hold_new:
+                    self._interrupt(self.tracees[tid])
+        if self.pid not in self.tracees:
+            raise TargetGone(f"process {self.pid} exited")
+
+    # -- stopping -------------------------------------------------------
+    def stop_all(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.stop_timeout)
+        self.hold_new = True
+        while True:
+            for t in list(self.tracees.values()):
+                t.hold = True
+                if t.state == RUNNING and not t.interrupted:
+                    self._interrupt(t)
+            self._pump_until(lambda: all(t.state == STOPPED for t in self.tracees.values()),
+                             deadline, "stop")
+            # Threads born of a not-yet-seized thread escape PTRACE_O_TRACECLONE: rescan.
+            before = len(self.tracees)
+            self.seize_all()
+            if len(self.tracees) == before:
+                return
+
+    def stop_thread(self, tid: int) -> None:
+        t = self.tracees[tid]
+        t.hold = True
+        if t.state == RUNNING and not t.interrupted:
+            self._interrupt(t)
+        self._pump_until(lambda: t.state == STOPPED or tid not in self.tracees,
+                         time.monotonic() + self.stop_timeout, "stop")
+        if tid not in self.tracees:
+            raise TargetGone(f"thread {tid} of process {self.pid} exited")
+
+    def stopped_tids(self, usable_only: bool = True) -> list[int]:
+        """Threads in a ptrace-stop; usable_only leaves out those held in group-stop."""
+        return [t.tid for t in self.tracees.values()
+                if t.state == STOPPED and not (usable_only and t.group_stop)]
+
+    # -- resuming -------------------------------------------------------
+    def resume_all(self) -> None:
+        self.hold_new = False
+        for t in list(self.tracees.values()):
+            t.hold = False
+            if t.state == STOPPED:
+                self._resume(t)
+
+    def resume_thread(self, tid: int) -> None:
+        t = self.tracees.get(tid)
+        if t is not None:
+            t.hold = self.hold_new
+            if t.state == STOPPED and not t.hold:
+                self._resume(t)
+
+    def detach_all(self) -> None:
+        """Detach every thread, stopping first those running (DETACH needs a stopped tracee)."""
+        try:
+            if any(t.state != STOPPED for t in self.tracees.values()):
+                self.stop_all()
+        finally:
+            for t in list(self.tracees.values()):
+                try:
+                    P.detach(t.tid)
+                except (P.ThreadGoneError, TraceError):
+                    pass
+            self.tracees.clear()
+            self.waiter.poll()
+
+    # -- events ---------------------------------------------------------
+    def wait_step(self, t: Tracee, deadline: float) -> int | None:
+        """Next raw wait status of a single-stepping thread (None: it exited)."""
+        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "single-step")
+        return t.events.pop(0) if t.events else None
+
+    def _interrupt(self, t: Tracee) -> None:
+        try:
+            P.interrupt(t.tid)
+            t.interrupted = True
+        except P.ThreadGoneError:
+            self.tracees.pop(t.tid, None)
+
+    def _resume(self, t: Tracee) -> None:
+        try:
+            if t.group_stop:
+                P.listen(t.tid)
+            else:
+                P.cont(t.tid)
+            t.state = RUNNING
+            t.interrupted = False
+        except P.ThreadGoneError:
+            self.tracees.pop(t.tid, None)
+
+    def _pump_until(self, done, deadline: float, what: str) -> None:
+        while not done():
+            events = self.waiter.wait(deadline)
+            for tid, status in events:
+                self._on_event(tid, status)
+            if self.gone:
+                raise TargetGone(f"process {self.pid} exited")
+            if not events and time.monotonic() >= deadline:
+                stuck = [t.tid for t in self.tracees.values() if t.state != STOPPED]
+                raise TraceError(
+                    f"thread(s) {stuck[:5]} of process {self.pid} did not {what} within "
+                    f"{self.stop_timeout:g} s", "is the process frozen (cgroup freezer) or in "
+                    "uninterruptible sleep (state D)?")
+
+    def _on_event(self, tid: int, status: int) -> None:
+        t = self.tracees.get(tid)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.tracees.pop(tid, None)
+            if tid == self.pid:
+                self.gone = True
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        if t is None:
+            # A clone child auto-attached by PTRACE_O_TRACECLONE may report
+            # before its parent's clone event does.
+            t = self.tracees[tid] = Tracee(tid, hold=self.hold_new)
+        if t.stepping:
+            t.events.append(status)
+            return
+        sig, event = os.WSTOPSIG(status), status >> 16
+        if event == P.PTRACE_EVENT_STOP:
+            t.group_stop = sig in P.STOP_SIGNALS
+            self._stopped(t)
+        elif event == P.PTRACE_EVENT_CLONE:
+            try:
+                child = P.get_event_msg(tid)
+                self.tracees.setdefault(child, Tracee(child, hold=self.hold_new))
+            except P.ThreadGoneError:
+                pass
+            self._stopped(t)
+        elif event:
+            self._stopped(t)
+        else:
+            # Signal-delivery-stop: hand the signal back to the kernel now.
+            self.signals_passed += 1
+            try:
+                P.cont(tid, sig)
+            except P.ThreadGoneError:
+                self.tracees.pop(tid, None)
+                return
+            t.state, t.interrupted = RUNNING, False
+            if t.hold:
+                self._interrupt(t)
+
+    def _stopped(self, t: Tracee) -> None:
+        t.interrupted = False
+        t.state = STOPPED
+        if not t.hold:
+            self._resume(t)
