@@ -134,7 +134,7 @@ def _verify_code(mem: Memory, module: Module, meta: patchfile.PatchMeta,
                  records: list[state.PatchRecord]) -> None:
     for fn in meta.replace:
         entry = module.bias + fn.offset
-        current = mem.read(entry, fn.size)
+        current = mem.read(entry, fn.room)
         original = state.original_view(records, entry, current)
         if hashlib.sha256(original).hexdigest() != fn.sha256:
             raise PatchMismatch(
@@ -249,11 +249,11 @@ def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: 
         for fn in meta.replace:
             entry = module.bias + fn.offset
             new = image.symbols[fn.name]
-            branch = arch.branch(entry + fn.pad, new, fn.size - fn.pad)
+            branch = arch.branch(entry + fn.pad, new, fn.room - fn.pad)
             out.append(Trampoline(fn.name, entry, branch, mem.read(branch.site, len(branch.code)), new))
         return out
 
-    guarded = RangeSet([GuardedRange(module.bias + fn.offset, module.bias + fn.offset + fn.size, fn.name)
+    guarded = RangeSet([GuardedRange(module.bias + fn.offset, module.bias + fn.offset + fn.room, fn.name)
                         for fn in meta.replace] +
                        [GuardedRange(module.bias + off, module.bias + off + size, fn.name + ".cold")
                         for fn in meta.replace for off, size in fn.cold])

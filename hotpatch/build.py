@@ -23,7 +23,7 @@ from hotpatch.elf.needed import needed_closure
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
-from hotpatch.link.linker import plan_layout
+from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
 # -ffunction-sections keeps each function apart for the linker; no unwind
 # tables, because the image has no .eh_frame registration in the target.
@@ -118,7 +118,12 @@ def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: Sy
             raise InvalidPatch(f"function {fn.name} has no code in {target_path}")
         code = target_bytes[file_off:file_off + size]
         pad = arch.landing_pad(code)
-        if size < pad + arch.near_branch_size:
+        room = size
+        if size < pad + arch.far_branch_size:
+            # Alignment padding up to the next symbol is never executed: a jump may spill into it.
+            gap = table.gap_after(old)
+            room += arch.padding_length(target_bytes[file_off + size:file_off + size + min(gap, 64)])
+        if room < pad + arch.near_branch_size:
             raise FunctionTooShort(
                 f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
                 + (f" after its {pad}-byte landing pad" if pad else ""),
@@ -129,9 +134,15 @@ def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: Sy
             warn(f"warning: the target also has {clone.name}, a compiler clone of {fn.name}; "
                  "its callers keep the old code unless the patch replaces them too")
         replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
-                                                  hashlib.sha256(code).hexdigest(), pad,
+                                                  hashlib.sha256(target_bytes[file_off:file_off + room]
+                                                                 ).hexdigest(), pad, room,
                                                   code[:32].hex(), cold))
     if not replace:
+        if table.stripped:
+            raise InvalidPatch(f"the patch replaces no function of the target: {table.source}",
+                               "install the target's debug file (looked in "
+                               f"{', '.join(d + '/.build-id' for d in table.debug_dirs)}; "
+                               "more with HOTPATCH_DEBUG_DIRS)")
         raise InvalidPatch("the patch replaces no function of the target",
                            "define a function with external linkage whose name matches one in the target")
     for sym in obj.symbols:
@@ -140,7 +151,7 @@ def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: Sy
             warn(f"warning: the patch defines {sym.name}, which the target also defines: the patch "
                  f"gets its own copy; declare it `extern` to use the target's")
     target_symbols, external = {}, []
-    for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name}):
+    for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name} - {GOT_SYMBOL}):
         sym = pick_target_symbol(table, name, ("func", "object", "notype", "ifunc", "tls"), picks)
         if sym is None:
             external.append(name)
@@ -183,7 +194,7 @@ def _check_external(obj: RelocatableObject, external: list[str], target_path: st
         raise SymbolNotFound(
             f"{name} is defined neither in {os.path.basename(target_path)} nor in the libraries it "
             f"loads ({', '.join(os.path.basename(l) for l in libs) or 'none'}): {hint}",
-            f"copy {name} into the patch as a static function")
+            f"define {name} in the patch itself (static)")
 
 
 def build(sources: list[str], target: str, output: str, cflags: str = "",

@@ -70,8 +70,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 def normalise_argv(argv: list[str]) -> list[str]:
     if argv and argv[0].lstrip("-").isdigit() and argv[0] not in COMMANDS:
-        return ["apply", *argv]
-    return argv
+        argv = ["apply", *argv]
+    # `--cflags "-O1 -g"`: argparse would take the value for an option of its own.
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--cflags" and i + 1 < len(argv):
+            out.append(f"--cflags={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +142,7 @@ def run(args) -> int:
         from hotpatch import apply as ops
         patches = ops.list_patches(args.pid)
         lines = [f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
-                 f"functions: {', '.join(f['name'] for f in p['functions'])}" for p in patches]
+                 f"functions: {names([f['name'] for f in p['functions']])}" for p in patches]
         emit(args, {"status": "ok", "pid": args.pid, "patches": patches},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
     elif args.command == "build":
@@ -147,7 +156,7 @@ def run(args) -> int:
         meta = build(args.sources, args.target, args.output, args.cflags, picks)
         emit(args, {"status": "built", "output": args.output, "replaces": [f.name for f in meta.replace],
                     "new": meta.new_functions, "external": meta.external},
-             f"built {args.output}: replaces {', '.join(f.name for f in meta.replace)} in "
+             f"built {args.output}: replaces {names([f.name for f in meta.replace])} in "
              f"{os.path.basename(meta.target_path)} (build-id {meta.target_build_id[:16]}…)")
     elif args.command == "info":
         from hotpatch import patchfile
@@ -173,10 +182,15 @@ def _meta_dict(m) -> dict:
     return asdict(m)
 
 
+def names(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def describe_apply(r: dict) -> str:
     t = r["timings_ms"]
     stop = (t.get("resumed", 0) - t.get("stopped", 0)) if "resumed" in t else None
-    funcs = ", ".join(f"{f['name']} ({f['jump']} jump)" for f in r["functions"])
+    funcs = names([f"{f['name']} ({f['jump']} jump)" for f in r["functions"]])
     if r["status"] == "dry-run":
         return f"dry run: patch {r['patch']} would replace {funcs} in process {r['pid']}; nothing changed"
     return (f"applied patch {r['id']} ({r['patch']}) to process {r['pid']}: {funcs}"

@@ -25,8 +25,9 @@ class ReplacedFunction:
     name: str
     offset: int          # st_value in the target binary (link-time address)
     size: int            # bytes of the original function
-    sha256: str          # of the original bytes [offset, offset+size)
+    sha256: str          # of the original bytes [offset, offset+room)
     pad: int             # landing pad kept at the entry (endbr64 / bti c)
+    room: int            # bytes from the entry a jump may cover: size plus trailing alignment padding
     head: str            # first bytes, hex: shown when the process differs
     cold: list[list[int]] = field(default_factory=list)  # [offset, size] of .cold parts
 
@@ -71,7 +72,8 @@ class PatchMeta:
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:
-            if r.offset < 0 or not 0 < r.size < 1 << 32 or not 0 <= r.pad <= 8 or len(r.sha256) != 64:
+            if r.offset < 0 or not 0 < r.size < 1 << 32 or not 0 <= r.pad <= 8 or len(r.sha256) != 64 \
+                    or not r.size <= r.room <= r.size + 64:
                 raise InvalidPatch(f"patch metadata is malformed: bad entry for {r.name}")
             for c in r.cold:
                 if len(c) != 2 or not all(isinstance(x, int) and x >= 0 for x in c):
@@ -80,7 +82,7 @@ class PatchMeta:
 
 
 _REPLACED_TYPES = {"name": str, "offset": int, "size": int, "sha256": str, "pad": int,
-                   "head": str, "cold": list}
+                   "room": int, "head": str, "cold": list}
 
 
 def _typed(value, kind):

@@ -43,6 +43,9 @@ class Arch:
     def landing_pad(self, code: bytes) -> int:
         """Bytes at a function entry that must stay (endbr64, bti c)."""
         return 0
+    def padding_length(self, code: bytes) -> int:
+        """Leading bytes of `code` that are alignment padding, never executed."""
+        return 0
     def branch(self, site: int, target: int, room: int) -> Branch: ...
     def in_branch_reach(self, site: int, target: int) -> bool: ...
     def stub(self, stub_addr: int, slot_addr: int) -> bytes: ...

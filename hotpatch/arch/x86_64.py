@@ -86,6 +86,16 @@ class X86_64(Arch):
     def landing_pad(self, code: bytes) -> int:
         return len(ENDBR64) if code.startswith(ENDBR64) else 0
 
+    def padding_length(self, code: bytes) -> int:
+        """Leading bytes of `code` that are alignment padding (nop, int3): never executed."""
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+        length = 0
+        for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, 0):
+            if insn.mnemonic not in ("nop", "int3"):
+                break
+            length = insn.address + insn.size
+        return length
+
     def in_branch_reach(self, site: int, target: int) -> bool:
         return rel32_reaches(site + 5, target)
 

@@ -1,5 +1,6 @@
 """Symbol tables of target binaries (.symtab, .dynsym, or a debug file by build-id)."""
 
+import bisect
 import os
 from dataclasses import dataclass
 
@@ -62,8 +63,11 @@ def read_elf_symbols(elf: ELFFile, section_name: str) -> list[Symbol]:
 class SymbolTable:
     """Defined symbols of one binary; lookups by C name with ambiguity reported."""
 
-    def __init__(self, symbols: list[Symbol], source: str):
+    def __init__(self, symbols: list[Symbol], source: str, stripped: bool = False,
+                 debug_dirs: tuple[str, ...] = ()):
         self.source = source
+        self.stripped = stripped
+        self.debug_dirs = debug_dirs
         self._by_name: dict[str, list[Symbol]] = {}
         seen = set()
         for s in symbols:
@@ -74,6 +78,7 @@ class SymbolTable:
             self._by_name.setdefault(s.name, []).append(s)
         # Sorted starts let a zero-size symbol (hand-written assembly) take the
         # gap to the next symbol as its extent.
+        self._clones: dict[str, list[Symbol]] | None = None
         self._starts = sorted({s.value for s in symbols if s.kind in ("func", "ifunc", "notype")})
 
     def candidates(self, name: str, kinds: tuple[str, ...] | None = None) -> list[Symbol]:
@@ -84,17 +89,23 @@ class SymbolTable:
         return list(self._by_name)
 
     def extent(self, sym: Symbol) -> int:
-        if sym.size:
-            return sym.size
-        import bisect
-        i = bisect.bisect_right(self._starts, sym.value)
-        return self._starts[i] - sym.value if i < len(self._starts) else 0
+        return sym.size or self.gap_after(sym)
+
+    def gap_after(self, sym: Symbol) -> int:
+        """Bytes from the end of `sym` to the next code symbol (0 if none follows)."""
+        end = sym.value + sym.size
+        i = bisect.bisect_right(self._starts, end - 1 if sym.size else sym.value)
+        return self._starts[i] - end if i < len(self._starts) else 0
 
     def clones_of(self, name: str) -> list[Symbol]:
         """Compiler clones (f.isra.0, f.constprop.0, f.part.0) that callers may use instead of f."""
-        prefix = name + "."
-        return [s for n, syms in self._by_name.items() if n.startswith(prefix)
-                and not n.endswith(".cold") for s in syms if s.kind == "func"]
+        if self._clones is None:
+            self._clones = {}
+            for n, syms in self._by_name.items():
+                base, dot, _ = n.partition(".")
+                if dot and base and not n.endswith(".cold"):
+                    self._clones.setdefault(base, []).extend(s for s in syms if s.kind == "func")
+        return self._clones.get(name, [])
 
 
 def find_debug_file(build_id: str | None, debug_dirs: tuple[str, ...]) -> str | None:
@@ -129,15 +140,17 @@ def load_symbol_table(path: str, debug_dirs: tuple[str, ...] | None = None) -> S
             dyn = read_elf_symbols(elf, ".dynsym")
     except (ELFError, OSError, ValueError) as e:
         raise ELFFormatError(f"cannot read symbols of {path}: {e}") from e
-    if not symbols:
+    stripped = not symbols
+    if stripped:
         debug = find_debug_file(ElfImage.from_path(path).build_id, debug_dirs)
         if debug:
             try:
                 with open(debug, "rb") as f:
                     symbols = read_elf_symbols(ELFFile(f), ".symtab")
                 source = debug
+                stripped = False
             except (ELFError, OSError, ValueError) as e:
                 raise ELFFormatError(f"cannot read debug file {debug}: {e}") from e
         else:
-            source = f"{path} (.dynsym only: stripped, no debug file found)"
-    return SymbolTable(symbols + dyn, source)
+            source = f"{path} is stripped and no debug file matches its build-id"
+    return SymbolTable(symbols + dyn, source, stripped, debug_dirs)

@@ -28,6 +28,7 @@ _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
 Resolver = Callable[[str], int | None]
+GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"   # the image's own GOT, never the target's
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
                 got_keys.append(key)
             if rtype.is_call and sym.shndx == "UND" and sym.name not in stub_keys:
                 stub_keys.append(sym.name)
-            if sym.shndx == "UND" and sym.name and sym.name not in undefined:
+            if sym.shndx == "UND" and sym.name and sym.name not in undefined and sym.name != GOT_SYMBOL:
                 undefined.append(sym.name)
     for name in stub_keys:
         if name not in got_keys:
@@ -180,6 +181,8 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
             return base + plan.section_offsets[sym.shndx] + sym.value
         if sym.shndx == "ABS":
             return sym.value
+        if sym.name == GOT_SYMBOL:
+            return base + plan.got_offset
         if sym.name not in resolved:
             address = resolve(sym.name)
             if address is None:

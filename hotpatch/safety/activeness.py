@@ -43,7 +43,14 @@ class BusyThread:
 
 class RangeSet:
     def __init__(self, ranges: list[GuardedRange]):
-        self.ranges = sorted((r for r in ranges if r.end > r.start), key=lambda r: r.start)
+        merged: list[GuardedRange] = []
+        for r in sorted((r for r in ranges if r.end > r.start), key=lambda r: r.start):
+            if merged and r.start < merged[-1].end:   # overlapping: one range, both names
+                last = merged.pop()
+                label = last.label if r.label in last.label.split("/") else f"{last.label}/{r.label}"
+                r = GuardedRange(last.start, max(last.end, r.end), label)
+            merged.append(r)
+        self.ranges = merged
         self.starts = [r.start for r in self.ranges]
         # Pointers into a range share their high bytes: search for those bytes
         # (C-speed bytes.find) instead of decoding every stack word in Python.

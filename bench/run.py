@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""hotpatch benchmarks, one command: python3 bench/run.py [--quick] [--runs N]
+
+Prints min/median/max of:
+  * target stop time (the largest gap a probe thread spinning on CLOCK_MONOTONIC
+    sees during the apply) with 2, 52 and 1000 threads, beside the floor measured
+    in the same run (bench/floor.c: seize, interrupt, read registers, detach);
+  * apply wall time, `hotpatch PID PATCHFILE` from start to exit;
+  * per-call overhead of a patched function (jmp rel32) against the unpatched one;
+  * build, apply time and peak memory for a patch replacing 1,000 functions.
+Figures only: nothing here asserts a timing.
+"""
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class Proc:
+    def __init__(self, argv):
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.pid = self.p.pid
+        self.buf = b""
+        assert self.readline() == "ready"
+
+    def readline(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            r, _, _ = select.select([self.p.stdout], [], [], max(0, deadline - time.monotonic()))
+            if not r:
+                raise RuntimeError("target did not answer")
+            chunk = os.read(self.p.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError("target exited")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def ask(self, cmd):
+        self.p.stdin.write(cmd.encode() + b"\n")
+        return self.readline()
+
+    def close(self):
+        self.p.kill()
+        self.p.wait()
+
+
+def hotpatch(*args):
+    # Output goes to files: waiting for exit (wait4, for the child's own peak
+    # memory) with a pipe full of a large JSON report would deadlock.
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "hotpatch", *args], stdout=out_f, stderr=err_f, cwd=ROOT)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = (time.perf_counter() - t0) * 1000
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read().decode(), err_f.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"hotpatch {' '.join(args)} failed: {err.strip()}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def stats(values):
+    return f"{min(values):8.2f} {statistics.median(values):8.2f} {max(values):8.2f}"
+
+
+def gcc(out, *args):
+    subprocess.run(["gcc", "-O2", "-o", out, *args], check=True)
+
+
+def stop_times(work, threads, runs, patch):
+    target = Proc([os.path.join(work, "target"), str(threads)])
+    floor, ours, ours_revert, wall, window = [], [], [], [], []
+    try:
+        for _ in range(runs):
+            target.ask("arm")
+            subprocess.run([os.path.join(work, "floor"), str(target.pid)], check=True, capture_output=True)
+            floor.append(int(target.ask("gap")) / 1e6)
+            target.ask("arm")
+            w, _, out = hotpatch(str(target.pid), patch, "--json")
+            ours.append(int(target.ask("gap")) / 1e6)
+            wall.append(w)
+            t = json.loads(out)["timings_ms"]
+            window.append(t["resumed"] - t["stopped"])
+            target.ask("arm")
+            hotpatch("revert", str(target.pid))
+            ours_revert.append(int(target.ask("gap")) / 1e6)
+    finally:
+        target.close()
+    return floor, ours, ours_revert, wall, window
+
+
+def call_overhead(work, calls, runs, patch):
+    target = Proc([os.path.join(work, "target"), "1"])
+    diffs = []
+    try:
+        for _ in range(runs):
+            before = int(target.ask(f"calls {calls}").split()[0])
+            hotpatch(str(target.pid), patch)
+            after = int(target.ask(f"calls {calls}").split()[0])
+            hotpatch("revert", str(target.pid))
+            diffs.append((after - before) / calls)
+    finally:
+        target.close()
+    return diffs, before / calls
+
+
+def thousand_functions(work, runs):
+    n = 1000
+    src = os.path.join(work, "many.c")
+    with open(src, "w") as f:
+        f.write("#include <stdio.h>\n#include <stdlib.h>\n")
+        for i in range(n):
+            f.write(f"__attribute__((noinline)) int f{i}(int x) {{ return x * {i % 7 + 2} + {i}; }}\n")
+        f.write(f"int (*table[{n}])(int) = {{" + ",".join(f"f{i}" for i in range(n)) + "};\n")
+        f.write('int main(void){char l[64];setvbuf(stdout,0,_IOLBF,0);printf("ready\\n");'
+                'while(fgets(l,64,stdin)){int i=atoi(l);printf("%d\\n",table[i](1));}return 0;}\n')
+    fix = os.path.join(work, "many_fix.c")
+    with open(fix, "w") as f:
+        for i in range(n):
+            f.write(f"int f{i}(int x) {{ return x * {i % 7 + 2} + {i} + 1000000; }}\n")
+    binary, patch = os.path.join(work, "many"), os.path.join(work, "many.hp")
+    gcc(binary, src)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hotpatch", "build", fix, "--target", binary, "-o", patch],
+                   check=True, capture_output=True, cwd=ROOT)
+    build = (time.perf_counter() - t0) * 1000
+    walls, rss, stops = [], [], []
+    for _ in range(runs):
+        target = Proc([binary])
+        try:
+            before = target.ask("999")
+            w, peak, out = hotpatch(str(target.pid), patch, "--json")
+            t = json.loads(out)["timings_ms"]
+            stops.append(t["resumed"] - t["stopped"])
+            after = target.ask("999")
+            assert int(after) == int(before) + 1000000, (before, after)
+            walls.append(w)
+            rss.append(peak)
+        finally:
+            target.close()
+    return build, walls, rss, stops
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few runs, small sizes: checks the bench works")
+    ap.add_argument("--runs", type=int, default=None)
+    args = ap.parse_args()
+    runs = args.runs or (2 if args.quick else 15)
+    thread_counts = (2, 52) if args.quick else (2, 52, 1000)
+    calls = 10_000_000 if args.quick else 100_000_000
+
+    with tempfile.TemporaryDirectory(prefix="hotpatch-bench-") as work:
+        gcc(os.path.join(work, "target"), "-pthread", os.path.join(HERE, "target.c"))
+        gcc(os.path.join(work, "floor"), os.path.join(HERE, "floor.c"))
+        fix = os.path.join(work, "fix.c")
+        with open(fix, "w") as f:
+            f.write("int work(int x) { return x * 3 + 1; }\n")   # same body: measures the jump only
+        patch = os.path.join(work, "fix.hp")
+        subprocess.run([sys.executable, "-m", "hotpatch", "build", fix, "--target",
+                        os.path.join(work, "target"), "-o", patch], check=True, cwd=ROOT)
+
+        print(f"hotpatch benchmark: {os.cpu_count()} CPUs, kernel {os.uname().release}, {runs} runs each; "
+              "min / median / max")
+        print("\ntarget stop time (ms; largest gap seen by a thread spinning on CLOCK_MONOTONIC)")
+        print(f"{'threads':>8} | {'floor':^26} | {'hotpatch apply':^26} | {'hotpatch revert':^26} | "
+              f"{'apply/floor':>11}")
+        rows = []
+        for n in thread_counts:
+            floor, ours, revert, wall, window = stop_times(work, n, runs, patch)
+            ratio = statistics.median(ours) / statistics.median(floor)
+            rows.append((n, floor, ours, revert, wall, window))
+            print(f"{n:>8} | {stats(floor)} | {stats(ours)} | {stats(revert)} | {ratio:10.1f}x")
+        print("\napply wall time, CLI start to exit (ms)")
+        for n, _, _, _, wall, window in rows:
+            print(f"{n:>8} threads: {stats(wall)}   (commit window seen by hotpatch: {stats(window)})")
+
+        diffs, base = call_overhead(work, calls, max(3, runs // 3), patch)
+        print(f"\nper-call overhead of a patched function ({calls:,} calls; unpatched call {base:.2f} ns)")
+        print(f"  ns/call: {stats(diffs)}")
+
+        build, walls, rss, stops = thousand_functions(work, max(2, runs // 5))
+        print("\npatch replacing 1,000 functions")
+        print(f"  hotpatch build:          {build:8.0f} ms")
+        print(f"  apply wall time (ms):    {stats(walls)}")
+        print(f"  apply peak memory (MB):  {stats(rss)}")
+        print(f"  commit window (ms):      {stats(stops)}")
+
+
+if __name__ == "__main__":
+    main()
