@@ -91,7 +91,7 @@ def stop_times(work, threads, runs, patch):
             ours.append(int(target.ask("gap")) / 1e6)
             wall.append(w)
             t = json.loads(out)["timings_ms"]
-            window.append(t["resumed"] - t["stopped"])
+            window.append(t["resumed"] - t["stopping"])
             target.ask("arm")
             hotpatch("revert", str(target.pid))
             ours_revert.append(int(target.ask("gap")) / 1e6)
@@ -142,7 +142,7 @@ def thousand_functions(work, runs):
             before = target.ask("999")
             w, peak, out = hotpatch(str(target.pid), patch, "--json")
             t = json.loads(out)["timings_ms"]
-            stops.append(t["resumed"] - t["stopped"])
+            stops.append(t["resumed"] - t["stopping"])
             after = target.ask("999")
             assert int(after) == int(before) + 1000000, (before, after)
             walls.append(w)

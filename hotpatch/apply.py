@@ -22,10 +22,11 @@ from hotpatch.errors import (HotpatchError, InvalidPatch, PatchMismatch, TargetB
 from hotpatch.link.linker import PROT_EXEC, PROT_READ, LayoutPlan, LinkedImage, plan_layout
 from hotpatch.safety.activeness import GuardedRange, RangeSet, find_busy
 from hotpatch.session import Session, check_pid, process_arch
-from hotpatch.target.maps import Mapping, read_maps
+from hotpatch.target.maps import MapIndex, Mapping, read_maps
 from hotpatch.target.memory import Memory
 from hotpatch.target.placement import candidate_addresses
 from hotpatch.target.process import Module, ProcessSymbols, loaded_modules
+from hotpatch.target.threads import thread_name
 from hotpatch.target.remote import (EEXIST, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
                                     PR_SET_VMA, PR_SET_VMA_ANON_NAME, RemoteSyscallError)
 
@@ -94,18 +95,20 @@ def _guard_loop(session: Session, ranges: RangeSet, timeout: float, on_safe: Cal
     """
     deadline = time.monotonic() + timeout
     delay, attempts = 0.001, 0
+    maps = MapIndex(session.maps())
     while True:
         attempts += 1
+        timings.mark("stopping")
         session.group.stop_all()
         timings.mark("stopped")
-        busy = find_busy(session.snapshot_threads(), ranges)
+        busy = find_busy(session.snapshot_threads(maps), ranges)
         timings.mark("checked")
         if busy is None:
             on_safe()
             return attempts
         if time.monotonic() + delay >= deadline:
             raise TargetBusy(
-                f"{busy.describe()}; still busy after {timeout:g} s ({attempts} checks)",
+                f"{busy.describe(thread_name(session.pid, busy.tid))}; still busy after {timeout:g} s ({attempts} checks)",
                 "retry when the process is idle or raise --timeout; a function that never returns "
                 "(a thread's main loop) can never be replaced")
         session.group.resume_all()

@@ -189,7 +189,7 @@ def names(items: list[str], limit: int = 8) -> str:
 
 def describe_apply(r: dict) -> str:
     t = r["timings_ms"]
-    stop = (t.get("resumed", 0) - t.get("stopped", 0)) if "resumed" in t else None
+    stop = (t.get("resumed", 0) - t.get("stopping", 0)) if "resumed" in t else None
     funcs = names([f"{f['name']} ({f['jump']} jump)" for f in r["functions"]])
     if r["status"] == "dry-run":
         return f"dry run: patch {r['patch']} would replace {funcs} in process {r['pid']}; nothing changed"

@@ -10,10 +10,10 @@ from hotpatch.elf.image import ElfImage
 from hotpatch.errors import TargetGone, TraceError
 from hotpatch.safety.activeness import ThreadSnapshot
 from hotpatch.target import ptrace as P
-from hotpatch.target.maps import Mapping, mapping_at, read_maps
+from hotpatch.target.maps import MapIndex, Mapping, read_maps
 from hotpatch.target.memory import Memory
 from hotpatch.target.remote import RemoteSyscalls, find_syscall_gadget
-from hotpatch.target.threads import ThreadGroup, thread_name
+from hotpatch.target.threads import ThreadGroup
 
 MAX_STACK_SCAN = 16 << 20
 
@@ -101,21 +101,30 @@ class Session:
         finally:
             self.group.resume_thread(tid)
 
-    def snapshot_threads(self) -> list[ThreadSnapshot]:
-        """Registers and live stack of every (stopped) thread: one GETREGSET and one pread each."""
-        maps = self.maps()
-        snaps = []
+    def snapshot_threads(self, maps: MapIndex) -> list[ThreadSnapshot]:
+        """Registers and live stack of every (stopped) thread: one GETREGSET and one pread each.
+
+        `maps` may predate the stop: a thread stack it does not know (a thread
+        born since) makes it re-read /proc/PID/maps.
+        """
+        arch = self.arch
+        reader = P.RegsReader(arch.regs_type)
+        found = []
         for tid in self.group.stopped_tids(usable_only=False):
             try:
-                regs = P.get_regs(tid, self.arch.regs_type)
+                regs = reader.read(tid)
             except P.ThreadGoneError:
                 continue
-            sp = self.arch.sp(regs)
-            m = mapping_at(maps, sp)
-            stack = self.mem.read_upto(sp, min(m.end - sp, MAX_STACK_SCAN)) if m else b""
-            snaps.append(ThreadSnapshot(tid, thread_name(self.pid, tid), self.arch.pc(regs),
-                                        tuple(self.arch.code_pointers(regs)), sp, stack))
-        return snaps
+            sp = arch.sp(regs)
+            m = maps.find(sp)
+            if m is None:
+                maps.refresh(self.maps())
+                m = maps.find(sp)
+            end = min(m.end, sp + MAX_STACK_SCAN, arch.frames_end(regs, sp, m.end)) if m else sp
+            found.append((tid, arch.pc(regs), tuple(arch.code_pointers(regs)), sp, end - sp))
+        stacks = self.mem.read_many([(sp, size) for _, _, _, sp, size in found])
+        return [ThreadSnapshot(tid, pc, ptrs, sp, stack)
+                for (tid, pc, ptrs, sp, _), stack in zip(found, stacks)]
 
 
 def install_termination_handlers():

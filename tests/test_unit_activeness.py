@@ -35,12 +35,12 @@ def test_scan_matches_naive(spans, words, junk):
 
 def test_find_busy_reports_pc_then_stack():
     rs = RangeSet([GuardedRange(0x1000, 0x1100, "compute")])
-    idle = ThreadSnapshot(1, "main", 0x5000, (), 0x7000, struct.pack("<QQ", 0x2000, 0x3000))
+    idle = ThreadSnapshot(1, 0x5000, (), 0x7000, struct.pack("<QQ", 0x2000, 0x3000))
     assert find_busy([idle], rs) is None
-    running = ThreadSnapshot(2, "worker", 0x1010, (), 0x7000, b"")
+    running = ThreadSnapshot(2, 0x1010, (), 0x7000, b"")
     assert find_busy([idle, running], rs).how == "is executing"
-    returning = ThreadSnapshot(3, "worker", 0x5000, (), 0x7000, struct.pack("<QQ", 7, 0x10ff))
+    returning = ThreadSnapshot(3, 0x5000, (), 0x7000, struct.pack("<QQ", 7, 0x10ff))
     busy = find_busy([returning], rs)
     assert busy.how == "will return into" and busy.label == "compute" and busy.address == 0x10ff
-    unaligned = ThreadSnapshot(4, "w", 0x5000, (), 0x7000, b"\0" + struct.pack("<Q", 0x1010) + b"\0" * 7)
+    unaligned = ThreadSnapshot(4, 0x5000, (), 0x7000, b"\0" + struct.pack("<Q", 0x1010) + b"\0" * 7)
     assert find_busy([unaligned], rs) is None

@@ -34,6 +34,9 @@ class Arch:
     def code_pointers(self, regs) -> list[int]:
         """Registers other than pc that may hold a live return address (aarch64 LR)."""
         return []
+    def frames_end(self, regs, sp: int, mapping_end: int) -> int:
+        """Upper bound of a thread's stack frames within its stack mapping."""
+        return mapping_end
     def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]): ...
     def syscall_result(self, regs) -> int: ...
     def after_syscall_insn(self, gadget: int) -> int:

@@ -68,6 +68,17 @@ class X86_64(Arch):
     def sp(self, regs) -> int:
         return regs.rsp
 
+    def frames_end(self, regs, sp: int, mapping_end: int) -> int:
+        """Frames of a thread end below its thread pointer when that lies in its stack mapping.
+
+        x86-64 TLS is variant II: glibc puts the static TLS and then the TCB
+        (struct pthread, at fs_base) at the top of a thread's stack mapping, and
+        the stack grows down from below them. Nothing at or above fs_base is a
+        frame, and struct pthread's own code pointers (the start routine) are
+        no return address.
+        """
+        return regs.fs_base if sp < regs.fs_base < mapping_end else mapping_end
+
     def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]):
         new = user_regs_struct.from_buffer_copy(regs)
         new.rip = gadget

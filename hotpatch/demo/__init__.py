@@ -40,7 +40,7 @@ def run_demo(out=sys.stdout) -> int:
             report = ops.apply(proc.pid, patch)
             t = report["timings_ms"]
             say(f"   applied patch {report['id']}: greet() replaced in {1000 * (time.perf_counter() - t0):.0f} ms; "
-                f"service stopped for {t['resumed'] - t['stopped']:.2f} ms")
+                f"service stopped for {t['resumed'] - t['stopping']:.2f} ms")
             patched = ask("carol")
             say(f"4. hotpatch list {proc.pid}")
             for p in ops.list_patches(proc.pid):

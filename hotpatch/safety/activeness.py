@@ -22,7 +22,6 @@ class GuardedRange:
 @dataclass(frozen=True)
 class ThreadSnapshot:
     tid: int
-    name: str
     pc: int
     code_pointers: tuple[int, ...]
     sp: int
@@ -32,13 +31,12 @@ class ThreadSnapshot:
 @dataclass(frozen=True)
 class BusyThread:
     tid: int
-    name: str
     label: str
     how: str   # "executing" or "will return into"
     address: int
 
-    def describe(self) -> str:
-        return f"thread {self.tid} ({self.name}) {self.how} {self.label} (at {self.address:#x})"
+    def describe(self, thread_name: str) -> str:
+        return f"thread {self.tid} ({thread_name}) {self.how} {self.label} (at {self.address:#x})"
 
 
 class RangeSet:
@@ -54,10 +52,14 @@ class RangeSet:
         self.starts = [r.start for r in self.ranges]
         # Pointers into a range share their high bytes: search for those bytes
         # (C-speed bytes.find) instead of decoding every stack word in Python.
+        # Leading zero bytes (the top of every user address) are left out of
+        # the needle: stacks are mostly zeros, which would defeat the search.
         self.needles: dict[tuple[int, bytes], None] = {}
         for r in self.ranges:
             k = _low_bytes_varying(r.start, r.end - 1)
-            self.needles[(k, (r.start >> (8 * k)).to_bytes(8 - k, "little"))] = None
+            top = (r.start >> (8 * k)).to_bytes(8 - k, "little")
+            trimmed = top.rstrip(b"\0")
+            self.needles[(k, trimmed or top)] = None
 
     def find(self, address: int) -> GuardedRange | None:
         i = bisect.bisect_right(self.starts, address) - 1
@@ -94,11 +96,21 @@ def find_busy(threads: list[ThreadSnapshot], ranges: RangeSet) -> BusyThread | N
             r = ranges.find(address)
             if r is not None:
                 how = "is executing" if address == t.pc else "will return into"
-                return BusyThread(t.tid, t.name, r.label, how, address)
+                return BusyThread(t.tid, r.label, how, address)
+    # One scan over all stacks joined, each padded to whole words so that an
+    # aligned word never straddles two threads: per-thread Python overhead
+    # dominates with a thousand threads.
+    parts, starts, pos = [], [], 0
     for t in threads:
-        hit = ranges.scan_words(t.stack)
-        if hit is not None:
-            offset, r = hit
-            value = int.from_bytes(t.stack[offset:offset + 8], "little")
-            return BusyThread(t.tid, t.name, r.label, "will return into", value)
-    return None
+        starts.append(pos)
+        stack = t.stack[:len(t.stack) // 8 * 8]
+        parts.append(stack)
+        pos += len(stack)
+    joined = b"".join(parts)
+    hit = ranges.scan_words(joined)
+    if hit is None:
+        return None
+    offset, r = hit
+    t = threads[bisect.bisect_right(starts, offset) - 1]
+    value = int.from_bytes(joined[offset:offset + 8], "little")
+    return BusyThread(t.tid, r.label, "will return into", value)

@@ -1,5 +1,6 @@
 """/proc/PID/maps, parsed."""
 
+import bisect
 from dataclasses import dataclass
 
 from hotpatch.errors import TargetGone, TraceError
@@ -58,3 +59,18 @@ def mapping_at(maps: list[Mapping], address: int) -> Mapping | None:
         if address in m:
             return m
     return None
+
+
+class MapIndex:
+    """Mappings sorted by start, for lookups by address in O(log n)."""
+
+    def __init__(self, maps: list[Mapping]):
+        self.refresh(maps)
+
+    def refresh(self, maps: list[Mapping]) -> None:
+        self.maps = sorted(maps, key=lambda m: m.start)
+        self.starts = [m.start for m in self.maps]
+
+    def find(self, address: int) -> Mapping | None:
+        i = bisect.bisect_right(self.starts, address) - 1
+        return self.maps[i] if i >= 0 and address < self.maps[i].end else None

@@ -10,8 +10,7 @@ import os
 import signal
 import time
 
-from ptrace import PtraceError
-from ptrace.binding.func import ptrace as _raw_ptrace
+from ptrace.binding.func import _ptrace as _libc_ptrace  # python-ptrace's raw ctypes binding
 
 from hotpatch.errors import TargetGone, TraceError
 
@@ -44,15 +43,23 @@ class ThreadGoneError(Exception):
     """ESRCH: the thread exited (or is not stopped) under us."""
 
 
+_FAILED = ctypes.c_ulong(-1).value
+
+
 def _call(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
-    try:
-        return _raw_ptrace(request, tid, addr, data)
-    except PtraceError as e:
-        if e.errno == errno.ESRCH:
-            raise ThreadGoneError(tid) from e
-        if e.errno == errno.EPERM:
-            raise TraceError(f"ptrace on thread {tid} was refused (EPERM)", permission_remedy(tid)) from e
-        raise TraceError(f"ptrace request {request:#x} on thread {tid} failed: {os.strerror(e.errno or 0)}") from e
+    # The raw binding, not python-ptrace's ptrace() wrapper: the commit stop
+    # makes several calls per thread, and the wrapper costs more than the call.
+    result = _libc_ptrace(request, tid, addr, data)
+    if result != _FAILED:
+        return result
+    err = ctypes.get_errno()
+    if err == 0:
+        return result
+    if err == errno.ESRCH:
+        raise ThreadGoneError(tid)
+    if err == errno.EPERM:
+        raise TraceError(f"ptrace on thread {tid} was refused (EPERM)", permission_remedy(tid))
+    raise TraceError(f"ptrace request {request:#x} on thread {tid} failed: {os.strerror(err)}")
 
 
 def permission_remedy(pid: int) -> str:
@@ -119,6 +126,21 @@ def get_regs(tid: int, regs_type):
     return regs
 
 
+class RegsReader:
+    """GETREGSET into one reused buffer: the commit stop reads every thread's registers."""
+
+    def __init__(self, regs_type):
+        self.regs = regs_type()
+        self.size = ctypes.sizeof(self.regs)
+        self.vec = iovec(ctypes.addressof(self.regs), self.size)
+        self.vec_addr = ctypes.addressof(self.vec)
+
+    def read(self, tid: int):
+        self.vec.iov_len = self.size
+        _call(PTRACE_GETREGSET, tid, NT_PRSTATUS, self.vec_addr)
+        return self.regs
+
+
 def set_regs(tid: int, regs) -> None:
     vec = iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
     _call(PTRACE_SETREGSET, tid, NT_PRSTATUS, ctypes.addressof(vec))
@@ -138,8 +160,20 @@ class Waiter:
     def close(self) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
 
-    def poll(self) -> list[tuple[int, int]]:
+    def poll(self, expected: "set[int] | None" = None) -> list[tuple[int, int]]:
+        """Pending events: first of the `expected` tids one by one, then of anyone.
+
+        waitpid(-1) walks every tracee in the kernel; with a thousand threads a
+        loop of those is quadratic, while waitpid(tid) finds its task directly.
+        """
         events = []
+        for tid in list(expected or ()):
+            try:
+                got, status = os.waitpid(tid, os.WNOHANG | WALL)
+            except ChildProcessError:
+                continue
+            if got:
+                events.append((got, status))
         while True:
             try:
                 tid, status = os.waitpid(-1, os.WNOHANG | WALL)
@@ -150,10 +184,10 @@ class Waiter:
             events.append((tid, status))
         return events
 
-    def wait(self, deadline: float) -> list[tuple[int, int]]:
+    def wait(self, deadline: float, expected: "set[int] | None" = None) -> list[tuple[int, int]]:
         """Events now, or the first ones to come before the deadline (possibly none)."""
         while True:
-            events = self.poll()
+            events = self.poll(expected)
             if events:
                 return events
             remaining = deadline - time.monotonic()

@@ -85,7 +85,7 @@ class RemoteSyscalls:
                 t.stepping = False
                 self.group.signals_passed += 1
                 P.cont(tid, sig)
-                t.state, t.interrupted = "running", False
+                self.group.mark_running(t)
                 self.group.stop_thread(tid)
                 t.stepping = True
         except P.ThreadGoneError as e:

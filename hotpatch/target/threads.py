@@ -54,6 +54,7 @@ class ThreadGroup:
         self.waiter = waiter
         self.stop_timeout = stop_timeout
         self.tracees: dict[int, Tracee] = {}
+        self.running: set[int] = set()   # tracees not in a ptrace-stop: O(1) "all stopped?"
         self.hold_new = False
         self.gone = False
         self.signals_passed = 0
@@ -70,7 +71,7 @@ class ThreadGroup:
                     P.seize(tid)
                 except P.ThreadGoneError:
                     continue
-                self.tracees[tid] = Tracee(tid, hold=self.hold_new)
+                self._add(tid)
                 if self.hold_new:
                     self._interrupt(self.tracees[tid])
         if self.pid not in self.tracees:
@@ -85,8 +86,7 @@ class ThreadGroup:
                 t.hold = True
                 if t.state == RUNNING and not t.interrupted:
                     self._interrupt(t)
-            self._pump_until(lambda: all(t.state == STOPPED for t in self.tracees.values()),
-                             deadline, "stop")
+            self._pump_until(lambda: not self.running, deadline, "stop")
             # Threads born of a not-yet-seized thread escape PTRACE_O_TRACECLONE: rescan.
             before = len(self.tracees)
             self.seize_all()
@@ -135,7 +135,30 @@ class ThreadGroup:
                 except (P.ThreadGoneError, TraceError):
                     pass
             self.tracees.clear()
+            self.running.clear()
             self.waiter.poll()
+
+    # -- state --------------------------------------------------------
+    def mark_running(self, t: Tracee) -> None:
+        """For code that resumed a tracee itself (remote syscalls delivering a signal)."""
+        self._set_state(t, RUNNING)
+        t.interrupted = False
+
+    def _add(self, tid: int) -> Tracee:
+        t = self.tracees[tid] = Tracee(tid, hold=self.hold_new)
+        self.running.add(tid)
+        return t
+
+    def _drop(self, tid: int) -> None:
+        self.tracees.pop(tid, None)
+        self.running.discard(tid)
+
+    def _set_state(self, t: Tracee, state: str) -> None:
+        t.state = state
+        if state == STOPPED:
+            self.running.discard(t.tid)
+        elif t.tid in self.tracees:
+            self.running.add(t.tid)
 
     # -- events ---------------------------------------------------------
     def wait_step(self, t: Tracee, deadline: float) -> int | None:
@@ -148,7 +171,7 @@ class ThreadGroup:
             P.interrupt(t.tid)
             t.interrupted = True
         except P.ThreadGoneError:
-            self.tracees.pop(t.tid, None)
+            self._drop(t.tid)
 
     def _resume(self, t: Tracee) -> None:
         try:
@@ -156,14 +179,14 @@ class ThreadGroup:
                 P.listen(t.tid)
             else:
                 P.cont(t.tid)
-            t.state = RUNNING
+            self._set_state(t, RUNNING)
             t.interrupted = False
         except P.ThreadGoneError:
-            self.tracees.pop(t.tid, None)
+            self._drop(t.tid)
 
     def _pump_until(self, done, deadline: float, what: str) -> None:
         while not done():
-            events = self.waiter.wait(deadline)
+            events = self.waiter.wait(deadline, self.running)
             for tid, status in events:
                 self._on_event(tid, status)
             if self.gone:
@@ -178,7 +201,7 @@ class ThreadGroup:
     def _on_event(self, tid: int, status: int) -> None:
         t = self.tracees.get(tid)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            self.tracees.pop(tid, None)
+            self._drop(tid)
             if tid == self.pid:
                 self.gone = True
             return
@@ -187,7 +210,7 @@ class ThreadGroup:
         if t is None:
             # A clone child auto-attached by PTRACE_O_TRACECLONE may report
             # before its parent's clone event does.
-            t = self.tracees[tid] = Tracee(tid, hold=self.hold_new)
+            t = self._add(tid)
         if t.stepping:
             t.events.append(status)
             return
@@ -198,7 +221,8 @@ class ThreadGroup:
         elif event == P.PTRACE_EVENT_CLONE:
             try:
                 child = P.get_event_msg(tid)
-                self.tracees.setdefault(child, Tracee(child, hold=self.hold_new))
+                if child not in self.tracees:
+                    self._add(child)
             except P.ThreadGoneError:
                 pass
             self._stopped(t)
@@ -210,14 +234,15 @@ class ThreadGroup:
             try:
                 P.cont(tid, sig)
             except P.ThreadGoneError:
-                self.tracees.pop(tid, None)
+                self._drop(tid)
                 return
-            t.state, t.interrupted = RUNNING, False
+            self._set_state(t, RUNNING)
+            t.interrupted = False
             if t.hold:
                 self._interrupt(t)
 
     def _stopped(self, t: Tracee) -> None:
         t.interrupted = False
-        t.state = STOPPED
+        self._set_state(t, STOPPED)
         if not t.hold:
             self._resume(t)
