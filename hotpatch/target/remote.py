@@ -60,9 +60,11 @@ class RemoteSyscalls:
         arch = self.arch
         t = self.group.tracees[tid]
         saved = P.get_regs(tid, arch.regs_type)
-        hijacked = arch.hijack_for_syscall(saved, self.gadget, arch.syscall_numbers[name], list(args))
+        args6 = (list(args) + [0] * 6)[:6]   # unused argument registers zeroed: what a seccomp filter sees
+        hijacked = arch.hijack_for_syscall(saved, self.gadget, arch.syscall_numbers[name], args6)
         after = arch.after_syscall_insn(self.gadget)
         deadline = time.monotonic() + self.group.stop_timeout
+        was_group_stop = t.group_stop
         t.stepping = True
         result = None
         try:
@@ -80,7 +82,11 @@ class RemoteSyscalls:
                 if event or sig == signal.SIGTRAP:
                     continue
                 # A real signal arrived: deliver it on the original registers,
-                # never on hijacked ones, then take the thread back.
+                # never on hijacked ones, then take the thread back. It may
+                # stop anywhere, inside the handler too: what it is now is
+                # what must be restored, not what it was (restoring the old
+                # registers would skip the handler's sigreturn and leave the
+                # signal blocked for good).
                 P.set_regs(tid, saved)
                 t.stepping = False
                 self.group.signals_passed += 1
@@ -88,6 +94,11 @@ class RemoteSyscalls:
                 self.group.mark_running(t)
                 self.group.stop_thread(tid)
                 t.stepping = True
+                saved = P.get_regs(tid, arch.regs_type)
+                hijacked = arch.hijack_for_syscall(saved, self.gadget, arch.syscall_numbers[name], args6)
+            P.set_regs(tid, saved)
+            if was_group_stop:
+                self._back_to_group_stop(t, deadline)
         except P.ThreadGoneError as e:
             raise TargetGone(f"thread {tid} exited during a remote {name}") from e
         finally:
@@ -99,6 +110,24 @@ class RemoteSyscalls:
                     pass
         self.count += 1
         return result
+
+    def _back_to_group_stop(self, t, deadline: float) -> None:
+        """Leave a thread of a SIGSTOPped process in group-stop again.
+
+        After the single-step its last stop is a SIGTRAP trap, and
+        PTRACE_LISTEN (which keeps it stopped) only follows an event-stop. An
+        interrupt taken while the group is stopped reports as that group-stop.
+        """
+        P.interrupt(t.tid)
+        P.cont(t.tid)
+        while True:
+            status = self.group.wait_step(t, deadline)
+            if status is None:
+                raise TargetGone(f"thread {t.tid} exited")
+            if status >> 16 == P.PTRACE_EVENT_STOP:
+                t.group_stop = os.WSTOPSIG(status) in P.STOP_SIGNALS
+                return
+            P.cont(t.tid, os.WSTOPSIG(status))   # a signal on the way: the kernel delivers it
 
     def checked(self, tid: int, name: str, *args: int) -> int:
         result = self.call(tid, name, *args)
