@@ -17,11 +17,12 @@ from typing import Callable
 from hotpatch import __version__, patchfile, state
 from hotpatch.arch import get_arch
 from hotpatch.arch.base import Arch, Branch
-from hotpatch.errors import (HotpatchError, InvalidPatch, PatchMismatch, TargetBusy, TraceError,
-                             UsageError)
+from hotpatch.errors import (HotpatchError, InvalidPatch, PatchMismatch, TargetBusy, TargetGone,
+                             TraceError, UsageError)
 from hotpatch.link.linker import PROT_EXEC, PROT_READ, LayoutPlan, LinkedImage, plan_layout
 from hotpatch.safety.activeness import GuardedRange, RangeSet, find_busy
 from hotpatch.session import Session, check_pid, process_arch
+from hotpatch.steps import Steps
 from hotpatch.target.maps import MapIndex, Mapping, read_maps
 from hotpatch.target.memory import Memory
 from hotpatch.target.placement import candidate_addresses
@@ -56,15 +57,6 @@ class Transaction:
         self._undo.clear()
 
 
-@dataclass
-class Timings:
-    marks: dict[str, float] = field(default_factory=dict)
-    start: float = field(default_factory=time.perf_counter)
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = round((time.perf_counter() - self.start) * 1000, 3)
-
-
 def _find_records(maps: list[Mapping], mem: Memory) -> list[state.PatchRecord]:
     records = []
     for m in maps:
@@ -87,7 +79,7 @@ def _is_active(record: state.PatchRecord, mem: Memory) -> bool:
 
 
 def _guard_loop(session: Session, ranges: RangeSet, timeout: float, on_safe: Callable[[], None],
-                timings: Timings) -> int:
+                timings: Steps) -> int:
     """Stop every thread until none is busy in `ranges`, then run on_safe with all stopped.
 
     Between attempts the target runs, so a busy thread never freezes the
@@ -173,11 +165,12 @@ def _map_image(session: Session, plan: LayoutPlan, candidates: list[int], name: 
             if seg.prot != PROT_READ | PROT_EXEC:
                 session.syscall("mprotect", base + seg.offset, seg.size, seg.prot)
         session.mem.write(base + state.NAME_OFFSET, name + b"\0")
-        try:
-            session.syscall("prctl", PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, plan.size,
-                            base + state.NAME_OFFSET)
-        except RemoteSyscallError:
-            pass   # kernel without CONFIG_ANON_VMA_NAME: list finds the image by its magic
+        if session.name_vmas:
+            try:
+                session.syscall("prctl", PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, plan.size,
+                                base + state.NAME_OFFSET)
+            except RemoteSyscallError:
+                pass   # kernel without CONFIG_ANON_VMA_NAME: list finds the image by its magic
     except BaseException:
         session.syscall("munmap", base, plan.size)
         raise
@@ -194,7 +187,7 @@ class Trampoline:
 
 
 def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False) -> dict:
-    timings = Timings()
+    timings = Steps("apply")
     patch = patchfile.read(patch_path)
     meta, obj = patch.meta, patch.obj
     arch = get_arch(meta.arch)
@@ -203,17 +196,22 @@ def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = Fals
     session = Session(pid, arch)
     tx = Transaction()
     try:
-        report = _apply(session, tx, patch, arch, patch_path, timeout, dry_run, timings)
-        tx.commit()
-        return report
+        return _apply(session, tx, patch, arch, patch_path, timeout, dry_run, timings)
     except BaseException as e:
-        failures = tx.rollback()
-        if failures:
-            raise TraceError(f"{_message(e)}; and undoing failed: {'; '.join(failures)}",
-                             "the process may be damaged: check it") from e
+        _undo(session, tx, e)
         raise
     finally:
         session.close()
+
+
+def _undo(session: Session, tx: Transaction, error: BaseException) -> None:
+    if not session.alive():
+        tx.commit()
+        raise TargetGone(f"process {session.pid} exited during the operation; nothing left to undo") from error
+    failures = tx.rollback()
+    if failures:
+        raise TraceError(f"{_message(error)}; and undoing failed: {'; '.join(failures)}",
+                         "the process may be damaged: check it") from error
 
 
 def _message(e: BaseException) -> str:
@@ -221,7 +219,7 @@ def _message(e: BaseException) -> str:
 
 
 def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: Arch, patch_path: str,
-           timeout: float, dry_run: bool, timings: Timings) -> dict:
+           timeout: float, dry_run: bool, timings: Steps) -> dict:
     meta, obj, mem = patch.meta, patch.obj, session.mem
     maps = session.maps()
     module, modules = _find_module(session, maps, meta)
@@ -252,8 +250,12 @@ def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: 
         for fn in meta.replace:
             entry = module.bias + fn.offset
             new = image.symbols[fn.name]
-            branch = arch.branch(entry + fn.pad, new, fn.room - fn.pad)
-            out.append(Trampoline(fn.name, entry, branch, mem.read(branch.site, len(branch.code)), new))
+            jump = arch.branch(entry + fn.pad, new, fn.room - fn.pad)
+            # The landing pad is written too: kept as is (endbr64, bti c) or
+            # turned into bti c (paciasp), so one range covers both.
+            pad = arch.entry_rewrite(bytes.fromhex(fn.head))[:fn.pad]
+            branch = Branch(entry, pad + jump.code, jump.form)
+            out.append(Trampoline(fn.name, entry, branch, mem.read(entry, len(branch.code)), new))
         return out
 
     guarded = RangeSet([GuardedRange(module.bias + fn.offset, module.bias + fn.offset + fn.room, fn.name)
@@ -285,14 +287,17 @@ def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: 
     timings.mark("filled")
 
     def switch() -> None:
-        for t in tramps:
+        for i, t in enumerate(tramps):
             tx.on_undo(f"restore {t.name}", lambda t=t: mem.write(t.branch.site, t.saved))
             mem.write(t.branch.site, t.branch.code)
+            if i == 0:
+                timings.mark("first-switched")
         timings.mark("switched")
+        tx.commit()   # from here the patch stands: nothing below undoes it
 
     attempts = _guard_loop(session, guarded, timeout, switch, timings)
     session.group.detach_all()
-    timings.mark("resumed")
+    timings.mark("resumed", abortable=False)
     return _report(session, "applied", record, meta, module, image, tramps, attempts, timings, patch_path)
 
 
@@ -326,7 +331,7 @@ def list_patches(pid: int) -> list[dict]:
 # -- revert ------------------------------------------------------------------
 
 def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0) -> dict:
-    timings = Timings()
+    timings = Steps("revert")
     check_pid(pid)
     arch = process_arch(pid)
     session = Session(pid, arch)
@@ -337,7 +342,7 @@ def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, time
 
 
 def _revert(session: Session, patch_id: int | None, revert_all: bool, timeout: float,
-            timings: Timings) -> dict:
+            timings: Steps) -> dict:
     mem = session.mem
     records = _find_records(session.maps(), mem)
     if not records:
@@ -377,17 +382,19 @@ def _revert(session: Session, patch_id: int | None, revert_all: bool, timeout: f
                     for f in r.functions:
                         mem.write(f.site, bytes.fromhex(f.saved))
                         written.append(f)
+                        if len(written) == 1:
+                            timings.mark("first-restored")
         except BaseException:
             for f in reversed(written):
                 mem.write(f.site, bytes.fromhex(f.written))
             raise
-        timings.mark("switched")
+        timings.mark("switched", abortable=False)   # reverted: the rest only frees memory
         for r in chosen:
             session.syscall("munmap", r.base, r.size)
-        timings.mark("unmapped")
+        timings.mark("unmapped", abortable=False)
 
     attempts = _guard_loop(session, guarded, timeout, restore, timings)
     session.group.detach_all()
-    timings.mark("resumed")
+    timings.mark("resumed", abortable=False)
     return {"status": "reverted", "pid": session.pid, "reverted": [r.id for r in chosen],
             "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": timings.marks}

@@ -10,7 +10,8 @@ import os
 import sys
 
 from hotpatch import __version__
-from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_USAGE, HotpatchError, UsageError
+from hotpatch.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError,
+                             UsageError)
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 COMMANDS = ("apply", "build", "list", "revert", "info", "demo")
@@ -94,17 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except HotpatchError as e:
         return fail(e.exit_code, e.kind, e.line(), want_json)
-    except KeyboardInterrupt as e:
-        return fail(EXIT_INTERRUPTED, "interrupted", f"interrupted ({e or 'SIGINT'}); changes were undone",
-                    want_json)
+    except KeyboardInterrupt:   # before the handlers are installed: nothing was changed yet
+        return fail(EXIT_INTERRUPTED, "interrupted", "interrupted by SIGINT", want_json)
     except Exception as e:  # a bug: still one line, never a half-printed traceback
         if os.environ.get("HOTPATCH_DEBUG"):
             raise
         return fail(EXIT_INTERNAL, "internal", f"internal error: {type(e).__name__}: {e} "
                     "(set HOTPATCH_DEBUG=1 for a traceback)", want_json)
 
-
-EXIT_INTERRUPTED = 130
 
 
 def fail(code: int, kind: str, line: str, want_json: bool) -> int:
@@ -125,13 +123,13 @@ def emit(args, obj, text: str) -> None:
 def run(args) -> int:
     if args.command == "apply":
         from hotpatch import apply as ops
-        from hotpatch.session import install_termination_handlers
+        from hotpatch.steps import install_termination_handlers
         install_termination_handlers()
         report = ops.apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
         emit(args, report, describe_apply(report))
     elif args.command == "revert":
         from hotpatch import apply as ops
-        from hotpatch.session import install_termination_handlers
+        from hotpatch.steps import install_termination_handlers
         install_termination_handlers()
         if args.all and args.patch_id is not None:
             raise UsageError("give a PATCH_ID or --all, not both")

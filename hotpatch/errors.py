@@ -11,6 +11,7 @@ EXIT_BUSY = 3
 EXIT_MISMATCH = 4
 EXIT_TRACE = 5
 EXIT_INVALID = 6
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
     EXIT_OK: "done",
@@ -20,6 +21,7 @@ EXIT_CODES = {
     EXIT_MISMATCH: "patch does not match the target (build-id, code, or binary not loaded)",
     EXIT_TRACE: "cannot trace the process (gone, permission, ptrace_scope, seccomp)",
     EXIT_INVALID: "invalid patch or patch source",
+    EXIT_INTERRUPTED: "interrupted (SIGINT, SIGTERM, SIGHUP): what was done is undone",
 }
 
 

@@ -1,7 +1,6 @@
 """A traced process and everything needed to change it, released in one place."""
 
 import os
-import signal
 
 from hotpatch.arch import get_arch
 from hotpatch.arch.base import Arch
@@ -9,6 +8,7 @@ from hotpatch.elf import ELFFormatError
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import TargetGone, TraceError
 from hotpatch.safety.activeness import ThreadSnapshot
+from hotpatch.steps import check_interrupted
 from hotpatch.target import ptrace as P
 from hotpatch.target.maps import MapIndex, Mapping, read_maps
 from hotpatch.target.memory import Memory
@@ -30,14 +30,11 @@ def check_pid(pid: int) -> None:
 
 
 def check_seccomp(pid: int) -> None:
+    """Strict mode forbids everything; a filter is judged once seized (Session)."""
     mode = P.status_field(pid, "Seccomp")
     if mode == "1":
         raise TraceError(f"process {pid} runs in seccomp strict mode, which forbids mmap",
                          "it cannot be patched live")
-    if mode == "2":
-        raise TraceError(f"process {pid} runs under a seccomp filter; hotpatch cannot yet prove that "
-                         "mmap, mprotect, munmap and prctl are allowed, and a forbidden call could kill it",
-                         "restart it without the filter to patch it")
 
 
 def process_arch(pid: int) -> Arch:
@@ -59,16 +56,56 @@ class Session:
         check_seccomp(pid)
         self.pid, self.arch = pid, arch
         self.page_size = os.sysconf("SC_PAGE_SIZE")
-        self.waiter = P.Waiter()
+        self.waiter = P.Waiter(abort_check=check_interrupted)
         self.group = ThreadGroup(pid, self.waiter)
         self.mem = None
         self._remote = None
+        self.name_vmas = True
         try:
             self.group.seize_all()
             self.mem = Memory(pid)
+            if P.status_field(pid, "Seccomp") == "2":
+                self._check_seccomp_filter()
         except BaseException:
             self.close()
             raise
+
+    def _check_seccomp_filter(self) -> None:
+        """Refuse, before anything is written, a filter that forbids a system call we will make.
+
+        The calls are judged with their real arguments on the thread that will
+        make them (the leader: filters are per thread).
+        """
+        from hotpatch.safety.seccomp import allowed, first_forbidden
+        from hotpatch.target.remote import (MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PR_SET_VMA,
+                                            PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ, PROT_WRITE)
+        from hotpatch.target.seccomp import AUDIT_ARCH, SYSCALL_INSN_SIZE, check_remote_syscalls, fetch_filters
+        nr = self.arch.syscall_numbers
+        anon = MAP_PRIVATE | MAP_ANONYMOUS
+        page = self.page_size
+        needed = [("mmap", nr["mmap"], [0, page, PROT_READ | PROT_EXEC, anon | MAP_FIXED_NOREPLACE, (1 << 64) - 1, 0]),
+                  ("mmap", nr["mmap"], [0, page, PROT_READ | PROT_EXEC, anon, (1 << 64) - 1, 0]),
+                  ("mprotect", nr["mprotect"], [0, page, PROT_READ]),
+                  ("mprotect", nr["mprotect"], [0, page, PROT_READ | PROT_WRITE]),
+                  ("munmap", nr["munmap"], [0, page])]
+        self.group.stop_thread(self.pid)
+        try:
+            filters = fetch_filters(self.pid)
+            gadget = self.remote().gadget
+            check_remote_syscalls(self.pid, self.arch.name, needed, gadget, filters)
+            # Naming the image's mappings is optional: an ERRNO answer only means we skip it.
+            name_call = [("prctl", nr["prctl"], [PR_SET_VMA, PR_SET_VMA_ANON_NAME, 0, page, 0])]
+            verdict = first_forbidden(filters, AUDIT_ARCH[self.arch.name],
+                                      gadget + SYSCALL_INSN_SIZE[self.arch.name], name_call) if filters else None
+            if verdict is not None:
+                if verdict[1] & 0xFFFF0000 != 0x00050000:   # anything harsher than SECCOMP_RET_ERRNO
+                    check_remote_syscalls(self.pid, self.arch.name, name_call, gadget, filters)
+                self.name_vmas = False
+        finally:
+            self.group.resume_thread(self.pid)
+
+    def alive(self) -> bool:
+        return P.status_field(self.pid, "State") not in (None, "Z (zombie)", "X (dead)")
 
     def close(self) -> None:
         try:
@@ -91,10 +128,10 @@ class Session:
     def syscall(self, name: str, *args: int) -> int:
         """One remote syscall on a stopped thread (stopping one if none is), checked."""
         remote = self.remote()
-        stopped = self.group.stopped_tids()
-        if stopped:
-            return remote.checked(stopped[0], name, *args)
+        # Always the leader: the thread whose seccomp filter was checked.
         tid = self.pid if self.pid in self.group.tracees else next(iter(self.group.tracees))
+        if tid in self.group.stopped_tids(usable_only=False):
+            return remote.checked(tid, name, *args)
         self.group.stop_thread(tid)
         try:
             return remote.checked(tid, name, *args)
@@ -125,11 +162,3 @@ class Session:
         stacks = self.mem.read_many([(sp, size) for _, _, _, sp, size in found])
         return [ThreadSnapshot(tid, pc, ptrs, sp, stack)
                 for (tid, pc, ptrs, sp, _), stack in zip(found, stacks)]
-
-
-def install_termination_handlers():
-    """SIGTERM and SIGHUP roll back like Ctrl-C: the transaction sees KeyboardInterrupt."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)

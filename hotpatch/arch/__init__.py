@@ -12,4 +12,7 @@ def get_arch(name: str) -> Arch:
     if name == "x86_64":
         from hotpatch.arch.x86_64 import X86_64
         return X86_64()
-    raise InvalidPatch(f"architecture {name} is not supported yet", "x86_64 is supported")
+    if name == "aarch64":
+        from hotpatch.arch.aarch64 import AArch64
+        return AArch64()
+    raise InvalidPatch(f"architecture {name} is not supported", "x86_64 and aarch64 are")

@@ -12,7 +12,7 @@ class Branch:
 
     site: int
     code: bytes
-    form: str  # "near" or "far": which encoding reached
+    form: str  # "near", "page" (aarch64 adrp) or "far": which encoding reached
 
 
 class Arch:
@@ -46,6 +46,9 @@ class Arch:
     def landing_pad(self, code: bytes) -> int:
         """Bytes at a function entry that must stay (endbr64, bti c)."""
         return 0
+    def entry_rewrite(self, code: bytes) -> bytes:
+        """What the landing pad becomes once the jump follows it (aarch64: paciasp -> bti c)."""
+        return code[:self.landing_pad(code)]
     def padding_length(self, code: bytes) -> int:
         """Leading bytes of `code` that are alignment padding, never executed."""
         return 0

@@ -55,11 +55,16 @@ def _call(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
     err = ctypes.get_errno()
     if err == 0:
         return result
-    if err == errno.ESRCH:
-        raise ThreadGoneError(tid)
+    if err == errno.ESRCH or (err == errno.EPERM and not _thread_alive(tid)):
+        raise ThreadGoneError(tid)   # a dying thread answers EPERM to PTRACE_SEIZE
     if err == errno.EPERM:
         raise TraceError(f"ptrace on thread {tid} was refused (EPERM)", permission_remedy(tid))
     raise TraceError(f"ptrace request {request:#x} on thread {tid} failed: {os.strerror(err)}")
+
+
+def _thread_alive(tid: int) -> bool:
+    state = status_field(tid, "State")
+    return state is not None and state[:1] not in ("Z", "X")
 
 
 def permission_remedy(pid: int) -> str:
@@ -154,8 +159,9 @@ class Waiter:
     cannot hang hotpatch.
     """
 
-    def __init__(self):
+    def __init__(self, abort_check=None):
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        self.abort_check = abort_check   # raises to abandon a wait (a termination request)
 
     def close(self) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
@@ -190,10 +196,12 @@ class Waiter:
             events = self.poll(expected)
             if events:
                 return events
+            if self.abort_check:
+                self.abort_check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.5))
+            signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.1))
 
 
 def ensure_alive(pid: int) -> None:

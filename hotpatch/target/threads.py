@@ -62,14 +62,18 @@ class ThreadGroup:
     # -- attach ---------------------------------------------------------
     def seize_all(self) -> None:
         """Seize every thread; rescan until a pass finds no new one."""
+        gone: set[int] = set()   # listed but exiting (a zombie stays listed): never retried
         while True:
-            new = [tid for tid in list_tids(self.pid) if tid not in self.tracees]
+            new = [tid for tid in list_tids(self.pid) if tid not in self.tracees and tid not in gone]
             if not new:
                 break
             for tid in new:
                 try:
                     P.seize(tid)
                 except P.ThreadGoneError:
+                    gone.add(tid)
+                    if tid == self.pid:
+                        raise TargetGone(f"process {self.pid} exited")
                     continue
                 self._add(tid)
                 if self.hold_new:

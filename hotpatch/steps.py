@@ -1,0 +1,67 @@
+"""The named steps of apply and revert: timings, test hooks, termination requests.
+
+SIGINT, SIGTERM and SIGHUP only set a flag; it takes effect at the next step
+boundary (or while waiting on the kernel), where the transaction rolls back
+in the normal flow. An exception raised asynchronously could land inside an
+undo action; a flag cannot.
+
+Test hooks, both naming a step as OPERATION:STEP (e.g. apply:mapped):
+  HOTPATCH_FAULT     fail there, as an error would
+  HOTPATCH_PAUSE_AT  print "hotpatch: paused at STEP" on stderr and wait for a line on stdin
+"""
+
+import os
+import signal
+import sys
+import time
+
+from hotpatch.errors import EXIT_INTERRUPTED, HotpatchError
+
+_requested: int | None = None
+
+
+class Interrupted(HotpatchError):
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"
+
+
+class InjectedFault(HotpatchError):
+    kind = "injected-fault"
+
+
+def _on_signal(signum, frame) -> None:
+    global _requested
+    _requested = signum
+
+
+def install_termination_handlers() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+def check_interrupted() -> None:
+    if _requested is not None:
+        raise Interrupted(f"interrupted by {signal.Signals(_requested).name}")
+
+
+class Steps:
+    def __init__(self, operation: str):
+        self.operation = operation
+        self.marks: dict[str, float] = {}
+        self.start = time.perf_counter()
+        self.fault = os.environ.get("HOTPATCH_FAULT")
+        self.pause = os.environ.get("HOTPATCH_PAUSE_AT")
+
+    def mark(self, name: str, abortable: bool = True) -> None:
+        """Record the time of a step; where abortable, honour hooks and termination requests."""
+        self.marks[name] = round((time.perf_counter() - self.start) * 1000, 3)
+        if not abortable:
+            return
+        step = f"{self.operation}:{name}"
+        if self.pause == step:
+            sys.stderr.write(f"hotpatch: paused at {step}\n")
+            sys.stderr.flush()
+            sys.stdin.readline()
+        if self.fault == step:
+            raise InjectedFault(f"fault injected at {step}")
+        check_interrupted()
