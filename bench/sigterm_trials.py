@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""SIGTERM, SIGINT or SIGHUP sent to `hotpatch PID PATCHFILE` at a random moment, many times.
+
+    python3 bench/sigterm_trials.py [--trials 500] [--seed 1]
+
+Each trial must leave the target fully patched or fully unpatched (every
+replaced function's bytes, its behaviour, no image left behind), and exit 130
+whenever hotpatch itself reports the interruption. Prints the tally; exit
+status 1 if any target was harmed.
+"""
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FUNCTIONS = ("compute", "fact", "version")
+
+
+class Target:
+    def __init__(self, binary):
+        self.p = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().startswith("ready")
+        self.pid = self.p.pid
+        from elftools.elf.elffile import ELFFile
+        with open(binary, "rb") as f:
+            syms = {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()}
+        base = next(int(l.split("-")[0], 16) for l in open(f"/proc/{self.pid}/maps")
+                    if l.split()[-1] == os.path.realpath(binary) and int(l.split()[2], 16) == 0)
+        self.entries = {f: base + syms[f] for f in FUNCTIONS}
+
+    def ask(self, cmd):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def code(self):
+        with open(f"/proc/{self.pid}/mem", "rb") as m:
+            out = {}
+            for f, a in self.entries.items():
+                m.seek(a)
+                out[f] = m.read(32)
+            return out
+
+
+def hotpatch(*args):
+    return subprocess.run([sys.executable, "-m", "hotpatch", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def trial(t, patch, original, sig, delay) -> str:
+    """'patched', 'unpatched', or a description of the harm done."""
+    p = subprocess.Popen([sys.executable, "-m", "hotpatch", str(t.pid), patch], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)
+    code = t.code()
+    changed = {f for f in FUNCTIONS if code[f] != original[f]}
+    # A signal may also arrive before hotpatch's handlers exist (nothing done
+    # yet) or after the patch stands (interpreter shutdown): it then dies of it.
+    if changed == set(FUNCTIONS):
+        if p.returncode not in (0, -sig):
+            return f"patched but exit {p.returncode}: {err.strip()}"
+        if t.ask("compute 5") != "51":
+            return "patched bytes but old behaviour"
+        r = hotpatch("revert", str(t.pid))
+        return "patched" if r.returncode == 0 else f"revert failed: {r.stderr.strip()}"
+    if changed:
+        return f"HALF PATCHED: {sorted(changed)} (exit {p.returncode}: {err.strip()})"
+    if p.returncode == 0:
+        return "exit 0 but nothing patched"
+    if err.startswith("hotpatch:") and not (p.returncode == 130 and "interrupted by" in err):
+        return f"unexpected report: exit {p.returncode}: {err.strip()}"
+    if t.ask("compute 5") != "11":
+        return "unpatched bytes but new behaviour"
+    if "no patches" not in hotpatch("list", str(t.pid)).stdout:
+        return "image left behind"
+    return "unpatched"
+
+
+def run(trials: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    tally: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="hotpatch-sigterm-") as work:
+        binary, patch = os.path.join(work, "target"), os.path.join(work, "fix.hp")
+        subprocess.run(["gcc", "-O2", "-fPIE", "-pie", "-o", binary, os.path.join(ROOT, "fixtures", "target.c")],
+                       check=True)
+        r = hotpatch("build", os.path.join(ROOT, "fixtures", "patch_target.c"), "--target", binary, "-o", patch)
+        assert r.returncode == 0, r.stderr
+        t = Target(binary)
+        try:
+            original = t.code()
+            for _ in range(trials):
+                sig = rng.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+                outcome = trial(t, patch, original, sig, rng.uniform(0.0, 0.25))
+                tally[outcome] = tally.get(outcome, 0) + 1
+            tally["alive at the end"] = int(t.p.poll() is None)
+        finally:
+            t.p.kill()
+            t.p.wait()
+    return tally
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    tally = run(args.trials, args.seed)
+    harmed = sum(n for k, n in tally.items() if k not in ("patched", "unpatched", "alive at the end"))
+    harmed += 1 - tally.get("alive at the end", 0)
+    print(f"random termination trials: {args.trials}; ended fully patched: {tally.get('patched', 0)}; "
+          f"fully unpatched: {tally.get('unpatched', 0)}; targets harmed: {harmed}")
+    for k, n in tally.items():
+        if k not in ("patched", "unpatched", "alive at the end"):
+            print(f"  {n} x {k}")
+    sys.exit(1 if harmed else 0)
+
+
+if __name__ == "__main__":
+    main()
