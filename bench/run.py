@@ -162,7 +162,7 @@ def main():
     calls = 10_000_000 if args.quick else 100_000_000
 
     with tempfile.TemporaryDirectory(prefix="hotpatch-bench-") as work:
-        gcc(os.path.join(work, "target"), "-pthread", os.path.join(HERE, "target.c"))
+        gcc(os.path.join(work, "target"), "-pthread", os.path.join(ROOT, "fixtures", "probe_threads.c"))
         gcc(os.path.join(work, "floor"), os.path.join(HERE, "floor.c"))
         fix = os.path.join(work, "fix.c")
         with open(fix, "w") as f:

@@ -59,6 +59,8 @@ def trial(t, patch, original, sig, delay) -> str:
     time.sleep(delay)
     p.send_signal(sig)
     _, err = p.communicate(timeout=30)
+    if t.p.poll() is not None:
+        return f"TARGET DIED (status {t.p.returncode}) after exit {p.returncode}: {err.strip()}"
     code = t.code()
     changed = {f for f in FUNCTIONS if code[f] != original[f]}
     # A signal may also arrive before hotpatch's handlers exist (nothing done
@@ -74,7 +76,7 @@ def trial(t, patch, original, sig, delay) -> str:
         return f"HALF PATCHED: {sorted(changed)} (exit {p.returncode}: {err.strip()})"
     if p.returncode == 0:
         return "exit 0 but nothing patched"
-    if err.startswith("hotpatch:") and not (p.returncode == 130 and "interrupted by" in err):
+    if err.startswith("hotpatch:") and p.returncode != -sig and not (p.returncode == 130 and "interrupted by" in err):
         return f"unexpected report: exit {p.returncode}: {err.strip()}"
     if t.ask("compute 5") != "11":
         return "unpatched bytes but new behaviour"
@@ -97,8 +99,12 @@ def run(trials: int, seed: int) -> dict:
             original = t.code()
             for _ in range(trials):
                 sig = rng.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-                outcome = trial(t, patch, original, sig, rng.uniform(0.0, 0.25))
+                delay = rng.uniform(0.0, 0.25)
+                outcome = trial(t, patch, original, sig, delay)
                 tally[outcome] = tally.get(outcome, 0) + 1
+                if outcome.startswith("TARGET DIED"):
+                    print(f"signal {sig.name} after {delay * 1000:.0f} ms: {outcome}", file=sys.stderr)
+                    break
             tally["alive at the end"] = int(t.p.poll() is None)
         finally:
             t.p.kill()

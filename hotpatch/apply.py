@@ -208,7 +208,8 @@ def _undo(session: Session, tx: Transaction, error: BaseException) -> None:
     if not session.alive():
         tx.commit()
         raise TargetGone(f"process {session.pid} exited during the operation; nothing left to undo") from error
-    failures = tx.rollback()
+    with session.waiter.uninterruptible():
+        failures = tx.rollback()
     if failures:
         raise TraceError(f"{_message(error)}; and undoing failed: {'; '.join(failures)}",
                          "the process may be damaged: check it") from error

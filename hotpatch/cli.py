@@ -86,6 +86,11 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    if argv and argv[0] in ("apply", "revert"):
+        # First of all: from here a termination request is a flag the
+        # transaction honours at a safe point, never an exception anywhere.
+        from hotpatch.steps import install_termination_handlers
+        install_termination_handlers()
     want_json = "--json" in argv
     try:
         args = make_parser().parse_args(argv)
@@ -123,14 +128,10 @@ def emit(args, obj, text: str) -> None:
 def run(args) -> int:
     if args.command == "apply":
         from hotpatch import apply as ops
-        from hotpatch.steps import install_termination_handlers
-        install_termination_handlers()
         report = ops.apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
         emit(args, report, describe_apply(report))
     elif args.command == "revert":
         from hotpatch import apply as ops
-        from hotpatch.steps import install_termination_handlers
-        install_termination_handlers()
         if args.all and args.patch_id is not None:
             raise UsageError("give a PATCH_ID or --all, not both")
         report = ops.revert(args.pid, args.patch_id, args.all, timeout=args.timeout)

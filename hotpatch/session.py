@@ -110,7 +110,8 @@ class Session:
     def close(self) -> None:
         try:
             if self.group.tracees:
-                self.group.detach_all()
+                with self.waiter.uninterruptible():
+                    self.group.detach_all()
         finally:
             if self.mem:
                 self.mem.close()

@@ -4,6 +4,7 @@ Regsets (PTRACE_GETREGSET with NT_PRSTATUS) work the same on x86-64 and
 aarch64, so the register layout is the architecture's, passed in, never the host's.
 """
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -162,6 +163,16 @@ class Waiter:
     def __init__(self, abort_check=None):
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         self.abort_check = abort_check   # raises to abandon a wait (a termination request)
+        self._critical = 0
+
+    @contextlib.contextmanager
+    def uninterruptible(self):
+        """Waits inside here are never abandoned: a hijacked thread, an undo in progress."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
 
     def close(self) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
@@ -196,7 +207,7 @@ class Waiter:
             events = self.poll(expected)
             if events:
                 return events
-            if self.abort_check:
+            if self.abort_check and not self._critical:
                 self.abort_check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -56,7 +56,15 @@ class RemoteSyscalls:
         self.count = 0
 
     def call(self, tid: int, name: str, *args: int) -> int:
-        """Run one syscall in stopped thread `tid`; returns its result (negative errno on failure)."""
+        """Run one syscall in stopped thread `tid`; returns its result (negative errno on failure).
+
+        Never abandoned half-way: a thread left running with hijacked
+        registers would crash the target.
+        """
+        with self.group.waiter.uninterruptible():
+            return self._call(tid, name, *args)
+
+    def _call(self, tid: int, name: str, *args: int) -> int:
         arch = self.arch
         t = self.group.tracees[tid]
         saved = P.get_regs(tid, arch.regs_type)

@@ -75,6 +75,11 @@ class ThreadGroup:
                     if tid == self.pid:
                         raise TargetGone(f"process {self.pid} exited")
                     continue
+                except TraceError:
+                    # Born of a seized thread, it is ours already (PTRACE_O_TRACECLONE)
+                    # though its clone event is still queued: adopt it.
+                    if P.status_field(tid, "TracerPid") != str(os.getpid()):
+                        raise
                 self._add(tid)
                 if self.hold_new:
                     self._interrupt(self.tracees[tid])
