@@ -271,6 +271,9 @@ def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: 
         return _report(session, "dry-run", None, meta, module, image, tramps, attempts, timings,
                        patch_path)
 
+    # Link once at the intended address before mapping anything: an unresolved
+    # symbol or an out-of-range relocation is refused with the target untouched.
+    trampolines_for(plan.link(candidates[0] if candidates else 0x7F00_0000_0000, resolved.get))
     base = _map_image(session, plan, candidates, f"hotpatch:{record_id}".encode())
     tx.on_undo("unmap the image", lambda: session.syscall("munmap", base, plan.size))
     timings.mark("mapped")

@@ -37,7 +37,9 @@ class HotpatchError(Exception):
         self.remedy = remedy
 
     def line(self) -> str:
-        return f"{self.message}; {self.remedy}" if self.remedy else self.message
+        """One printable line: names from a hostile patch file cannot break it or drive a terminal."""
+        text = f"{self.message}; {self.remedy}" if self.remedy else self.message
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class UsageError(HotpatchError):

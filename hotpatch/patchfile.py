@@ -17,7 +17,7 @@ MAGIC = b"HOTPATCH"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIQ")
 MAX_META = 64 << 20
-MAX_OBJ = 1 << 30
+MAX_OBJ = 64 << 20
 
 
 @dataclass
@@ -72,12 +72,16 @@ class PatchMeta:
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:
-            if r.offset < 0 or not 0 < r.size < 1 << 32 or not 0 <= r.pad <= 8 or len(r.sha256) != 64 \
-                    or not r.size <= r.room <= r.size + 64:
+            if not 0 <= r.offset < 1 << 64 or not 0 < r.size < 1 << 32 or not 0 <= r.pad <= 8 \
+                    or len(r.sha256) != 64 or not r.size <= r.room <= r.size + 64:
                 raise InvalidPatch(f"patch metadata is malformed: bad entry for {r.name}")
             for c in r.cold:
-                if len(c) != 2 or not all(isinstance(x, int) and x >= 0 for x in c):
+                if not isinstance(c, list) or len(c) != 2 or \
+                        not all(isinstance(x, int) and 0 <= x < 1 << 64 for x in c):
                     raise InvalidPatch(f"patch metadata is malformed: bad .cold range of {r.name}")
+        for name, sym in meta.target_symbols.items():
+            if not 0 <= sym.offset < 1 << 64:
+                raise InvalidPatch(f"patch metadata is malformed: bad offset of {name}")
         return meta
 
 
@@ -114,6 +118,10 @@ class PatchFile:
                 raise InvalidPatch(f"patch code is not a valid object: {e}") from e
             if self._obj.machine != self.meta.arch:
                 raise InvalidPatch(f"patch code is for {self._obj.machine}, metadata says {self.meta.arch}")
+            defined = {s.name for s in self._obj.defined_functions() if s.bind != "local"}
+            missing = [r.name for r in self.meta.replace if r.name not in defined]
+            if missing:
+                raise InvalidPatch(f"patch metadata replaces {missing[0]}, which its code does not define")
         return self._obj
 
 

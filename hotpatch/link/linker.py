@@ -28,6 +28,7 @@ _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
 Resolver = Callable[[str], int | None]
+MAX_IMAGE_SIZE = 64 << 20   # a patch is functions, not a program: refuse what would flood the target
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"   # the image's own GOT, never the target's
 
 
@@ -107,9 +108,10 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
         if sym.shndx == "COMMON":
             raise InvalidPatch(f"symbol {sym.name} is a common symbol", "compile the patch with -fno-common")
 
-    got_keys: list[str | int] = []
-    stub_keys: list[str] = []
-    undefined: list[str] = []
+    # dicts as ordered sets: membership tests stay O(1) with many symbols
+    got_keys: dict[str | int, None] = {}
+    stub_keys: dict[str, None] = {}
+    undefined: dict[str, None] = {}
     for target, relocs in obj.relocations.items():
         if _classify(obj.sections[target]) is None:
             continue
@@ -118,17 +120,19 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
             if rtype is None:
                 raise RelocationError(
                     f"unsupported relocation type {r.r_type} in {obj.sections[target].name}")
+            if rtype.refusal:
+                raise RelocationError(f"relocation {rtype.name} in {obj.sections[target].name} is not "
+                                      f"supported: {rtype.refusal}")
             sym = obj.symbols[r.r_sym]
             key = _symbol_key(obj, r.r_sym)
-            if rtype.needs_got and key not in got_keys:
-                got_keys.append(key)
-            if rtype.is_call and sym.shndx == "UND" and sym.name not in stub_keys:
-                stub_keys.append(sym.name)
-            if sym.shndx == "UND" and sym.name and sym.name not in undefined and sym.name != GOT_SYMBOL:
-                undefined.append(sym.name)
+            if rtype.needs_got:
+                got_keys[key] = None
+            if rtype.is_call and sym.shndx == "UND":
+                stub_keys[sym.name] = None
+            if sym.shndx == "UND" and sym.name and sym.name != GOT_SYMBOL:
+                undefined[sym.name] = None
     for name in stub_keys:
-        if name not in got_keys:
-            got_keys.append(name)
+        got_keys[name] = None
 
     offsets: dict[int, int] = {}
     pos = header_size
@@ -158,8 +162,11 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     if pos > start:
         segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_WRITE))
     size = _align(pos, page_size)
-    return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, got_keys,
-                      stub_offset, stub_keys, segments, size, undefined)
+    if size > MAX_IMAGE_SIZE:
+        raise InvalidPatch(f"the patch image would take {size >> 20} MiB; at most {MAX_IMAGE_SIZE >> 20} MiB "
+                           "is allowed", "a patch holds replacement functions, not a program")
+    return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
+                      stub_offset, list(stub_keys), segments, size, list(undefined))
 
 
 def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
@@ -172,6 +179,13 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
     resolved: dict[str, int] = {}
 
     def symbol_address(index: int) -> int:
+        address = _symbol_address(index)
+        if not 0 <= address < 1 << 64:
+            raise RelocationError(f"symbol {obj.symbols[index].name or index} resolves outside the "
+                                  "address space")
+        return address
+
+    def _symbol_address(index: int) -> int:
         sym = obj.symbols[index]
         if isinstance(sym.shndx, int):
             if sym.shndx not in plan.section_offsets:
@@ -228,9 +242,12 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
                 rtype.store(image, sec_off + r.r_offset, rtype.compute(s, r.r_addend, place, g))
             except FieldOverflow as e:
                 if rtype.is_call and sym.name in stubs:
-                    rtype.store(image, sec_off + r.r_offset,
-                                rtype.compute(stubs[sym.name], r.r_addend, place, g))
-                    continue
+                    try:
+                        rtype.store(image, sec_off + r.r_offset,
+                                    rtype.compute(stubs[sym.name], r.r_addend, place, g))
+                        continue
+                    except FieldOverflow:
+                        pass
                 raise RelocationError(
                     f"relocation overflow: {rtype.name} at {sec.name}+{r.r_offset:#x} "
                     f"to {sym.name or obj.sections.get(sym.shndx, sec).name}: {e}",

@@ -25,6 +25,7 @@ class RelocType:
     width: int                 # bytes of the field, for bounds checks
     needs_got: bool = False    # the symbol needs a GOT slot in the image
     is_call: bool = False      # out of range: route through a stub/veneer instead of failing
+    refusal: str | None = None  # a known type we do not support, and what to do instead
 
 
 class FieldOverflow(ValueError):
@@ -66,10 +67,10 @@ def got_pc_relative(s: int, a: int, p: int, g: int) -> int:
 
 
 def unsupported(name: str, why: str) -> RelocType:
-    """A known type we refuse, with the reason a user can act on."""
+    """A known type we refuse (at layout, before any target is touched), with the reason."""
     def refuse(s: int, a: int, p: int, g: int) -> int:
         raise RelocationError(f"relocation {name} is not supported: {why}")
-    return RelocType(name, refuse, int_field(1, False), 1)
+    return RelocType(name, refuse, int_field(1, False), 1, refusal=why)
 
 
 def check_field_bounds(rtype: RelocType, section_size: int, offset: int, section: str) -> None:
