@@ -60,6 +60,10 @@ class Session:
         self.group = ThreadGroup(pid, self.waiter)
         self.mem = None
         self._remote = None
+        self._regs_reader = P.RegsReader(arch.regs_type)
+        self._regs_at_stop: dict[int, tuple] = {}
+        self.group.on_stop = self._read_regs
+        self.group.on_resume = lambda tid: self._regs_at_stop.pop(tid, None)
         self.name_vmas = True
         try:
             self.group.seize_all()
@@ -140,26 +144,37 @@ class Session:
             self.group.resume_thread(tid)
 
     def snapshot_threads(self, maps: MapIndex) -> list[ThreadSnapshot]:
-        """Registers and live stack of every (stopped) thread: one GETREGSET and one pread each.
+        """Registers and live stack of every (stopped) thread.
 
-        `maps` may predate the stop: a thread stack it does not know (a thread
-        born since) makes it re-read /proc/PID/maps.
+        Registers come from `_regs_at_stop`, read as each thread's stop
+        arrived (overlapping the kernel still stopping the others); stacks are
+        read all at once (process_vm_readv). `maps` may predate the stop: a
+        stack it does not know makes it re-read.
         """
-        arch = self.arch
-        reader = P.RegsReader(arch.regs_type)
         found = []
         for tid in self.group.stopped_tids(usable_only=False):
-            try:
-                regs = reader.read(tid)
-            except P.ThreadGoneError:
+            got = self._regs_at_stop.get(tid) or self._read_regs(tid)
+            if got is None:
                 continue
-            sp = arch.sp(regs)
+            pc, ptrs, sp, frames_end = got
             m = maps.find(sp)
             if m is None:
                 maps.refresh(self.maps())
                 m = maps.find(sp)
-            end = min(m.end, sp + MAX_STACK_SCAN, arch.frames_end(regs, sp, m.end)) if m else sp
-            found.append((tid, arch.pc(regs), tuple(arch.code_pointers(regs)), sp, end - sp))
+            end = min(m.end, sp + MAX_STACK_SCAN, frames_end) if m else sp
+            found.append((tid, pc, ptrs, sp, end - sp))
         stacks = self.mem.read_many([(sp, size) for _, _, _, sp, size in found])
         return [ThreadSnapshot(tid, pc, ptrs, sp, stack)
                 for (tid, pc, ptrs, sp, _), stack in zip(found, stacks)]
+
+    def _read_regs(self, tid: int):
+        """(pc, code pointers, sp, end of frames) of a stopped thread, or None if it is gone."""
+        arch = self.arch
+        try:
+            regs = self._regs_reader.read(tid)
+        except P.ThreadGoneError:
+            return None
+        sp = arch.sp(regs)
+        got = (arch.pc(regs), tuple(arch.code_pointers(regs)), sp, arch.frames_end(regs, sp, 1 << 64))
+        self._regs_at_stop[tid] = got
+        return got

@@ -57,6 +57,10 @@ class ThreadGroup:
         self.running: set[int] = set()   # tracees not in a ptrace-stop: O(1) "all stopped?"
         self.hold_new = False
         self.gone = False
+        # Called with each tid as it reaches a held stop / leaves it: lets the
+        # caller read registers while the kernel is still stopping the others.
+        self.on_stop = None
+        self.on_resume = None
         self.signals_passed = 0
 
     # -- attach ---------------------------------------------------------
@@ -161,13 +165,18 @@ class ThreadGroup:
     def _drop(self, tid: int) -> None:
         self.tracees.pop(tid, None)
         self.running.discard(tid)
+        if self.on_resume:
+            self.on_resume(tid)
 
     def _set_state(self, t: Tracee, state: str) -> None:
         t.state = state
         if state == STOPPED:
             self.running.discard(t.tid)
-        elif t.tid in self.tracees:
-            self.running.add(t.tid)
+        else:
+            if self.on_resume:
+                self.on_resume(t.tid)
+            if t.tid in self.tracees:
+                self.running.add(t.tid)
 
     # -- events ---------------------------------------------------------
     def wait_step(self, t: Tracee, deadline: float) -> int | None:
@@ -255,3 +264,5 @@ class ThreadGroup:
         self._set_state(t, STOPPED)
         if not t.hold:
             self._resume(t)
+        elif self.on_stop:
+            self.on_stop(t.tid)
