@@ -140,7 +140,9 @@ class ThreadGroup:
         """Detach every thread, stopping first those running (DETACH needs a stopped tracee)."""
         try:
             if any(t.state != STOPPED for t in self.tracees.values()):
-                self.stop_all()
+                # Short: a thread that cannot stop (frozen) already cost one full
+                # timeout; whatever stays attached, the kernel detaches when we exit.
+                self.stop_all(timeout=min(self.stop_timeout, 1.0))
         finally:
             for t in list(self.tracees.values()):
                 try:
