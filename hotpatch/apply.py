@@ -11,13 +11,13 @@ import datetime
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from hotpatch import __version__, patchfile, state
 from hotpatch.arch import get_arch
 from hotpatch.arch.base import Arch, Branch
-from hotpatch.errors import (HotpatchError, InvalidPatch, PatchMismatch, TargetBusy, TargetGone,
+from hotpatch.errors import (HotpatchError, PatchMismatch, TargetBusy, TargetGone,
                              TraceError, UsageError)
 from hotpatch.link.linker import PROT_EXEC, PROT_READ, LayoutPlan, LinkedImage, plan_layout
 from hotpatch.safety.activeness import GuardedRange, RangeSet, find_busy
@@ -189,8 +189,8 @@ class Trampoline:
 def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False) -> dict:
     timings = Steps("apply")
     patch = patchfile.read(patch_path)
-    meta, obj = patch.meta, patch.obj
-    arch = get_arch(meta.arch)
+    patch.obj   # parse and check the code now: a bad patch never reaches the process
+    arch = get_arch(patch.meta.arch)
     check_pid(pid)
     timings.mark("parsed")
     session = Session(pid, arch)

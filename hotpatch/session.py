@@ -80,7 +80,7 @@ class Session:
         The calls are judged with their real arguments on the thread that will
         make them (the leader: filters are per thread).
         """
-        from hotpatch.safety.seccomp import allowed, first_forbidden
+        from hotpatch.safety.seccomp import first_forbidden
         from hotpatch.target.remote import (MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PR_SET_VMA,
                                             PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ, PROT_WRITE)
         from hotpatch.target.seccomp import AUDIT_ARCH, SYSCALL_INSN_SIZE, check_remote_syscalls, fetch_filters

@@ -54,13 +54,6 @@ def read_maps(pid: int) -> list[Mapping]:
                          "run as root or as the process's owner") from e
 
 
-def mapping_at(maps: list[Mapping], address: int) -> Mapping | None:
-    for m in maps:
-        if address in m:
-            return m
-    return None
-
-
 class MapIndex:
     """Mappings sorted by start, for lookups by address in O(log n)."""
 
