@@ -31,8 +31,6 @@ from hotpatch.target.threads import thread_name
 from hotpatch.target.remote import (EEXIST, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
                                     PR_SET_VMA, PR_SET_VMA_ANON_NAME, RemoteSyscallError)
 
-REL32_REACH = (1 << 31) - 1
-
 
 class Transaction:
     """Undo actions, run newest first on failure; each runs even if another fails."""
@@ -242,8 +240,12 @@ def _apply(session: Session, tx: Transaction, patch: patchfile.PatchFile, arch: 
         resolved[name] = module.bias + target_sym.offset if target_sym else symbols.resolve(name)
     timings.mark("resolved")
 
-    candidates = candidate_addresses(maps, module.start, module.end, plan.size, session.page_size,
-                                     REL32_REACH)
+    candidates = []
+    if not os.environ.get("HOTPATCH_FAR_IMAGE"):   # test hook: exercise the far jump forms
+        for reach in (arch.branch_reach, arch.fallback_reach):
+            if reach:
+                candidates += [a for a in candidate_addresses(maps, module.start, module.end, plan.size,
+                                                              session.page_size, reach) if a not in candidates]
     record_id = max((r.id for r in records), default=0) + 1
 
     def trampolines_for(image: LinkedImage) -> list[Trampoline]:

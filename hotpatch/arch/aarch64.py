@@ -260,6 +260,8 @@ class AArch64(Arch):
     relocations = RELOCATIONS
     got_reloc_types = {1025, 1026}   # R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT
     stub_size = 16
+    branch_reach = (1 << 27) - 4         # b: ±128 MiB
+    fallback_reach = (1 << 32) - 4096    # adrp+add+br: ±4 GiB
     near_branch_size = 4
     far_branch_size = 16
 

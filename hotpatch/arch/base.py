@@ -25,6 +25,8 @@ class Arch:
     relocations: dict[int, RelocType]
     got_reloc_types: set[int]   # dynamic relocations that fill a GOT slot (GLOB_DAT, JUMP_SLOT)
     stub_size: int          # one call stub / veneer through a GOT slot
+    branch_reach: int       # distance the shortest jump reaches: where to place the image
+    fallback_reach: int | None = None   # a second, longer form worth placing for (aarch64 adrp)
     near_branch_size: int   # smallest trampoline
     far_branch_size: int    # trampoline reaching any address
 

@@ -59,6 +59,7 @@ class X86_64(Arch):
     relocations = RELOCATIONS
     got_reloc_types = {6, 7}   # R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
     stub_size = 8
+    branch_reach = (1 << 31) - 1
     near_branch_size = 5
     far_branch_size = 14
 

@@ -12,6 +12,12 @@ import bisect
 from dataclasses import dataclass
 
 
+# Return addresses saved by PAC-signed code (aarch64 -mbranch-protection) carry
+# the signature in their top bits: compare the low 48 bits only. Conservative
+# everywhere: a stray word matching in its low 48 bits only means waiting.
+ADDRESS_BITS = (1 << 48) - 1
+
+
 @dataclass(frozen=True)
 class GuardedRange:
     start: int
@@ -75,7 +81,8 @@ class RangeSet:
             while pos >= 0:
                 word_at = pos - k
                 if word_at % 8 == 0 and word_at + 8 <= len(data):
-                    r = self.find(int.from_bytes(data[word_at:word_at + 8], "little"))
+                    value = int.from_bytes(data[word_at:word_at + 8], "little") & ADDRESS_BITS
+                    r = self.find(value)
                     if r is not None:
                         hits.append((word_at, r))
                         break
@@ -112,5 +119,5 @@ def find_busy(threads: list[ThreadSnapshot], ranges: RangeSet) -> BusyThread | N
         return None
     offset, r = hit
     t = threads[bisect.bisect_right(starts, offset) - 1]
-    value = int.from_bytes(joined[offset:offset + 8], "little")
+    value = int.from_bytes(joined[offset:offset + 8], "little") & ADDRESS_BITS
     return BusyThread(t.tid, r.label, "will return into", value)
