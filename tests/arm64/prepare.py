@@ -51,8 +51,10 @@ def main():
                         os.path.join(ROOT, "fixtures", source)], check=True)
     for out, (source, program, extra) in PATCHES.items():
         src = os.path.join(OUT, source) if source == "far.c" else os.path.join(ROOT, "fixtures", source)
+        # No CC: `hotpatch build` must pick the cross compiler from the target's architecture.
+        env = {k: v for k, v in os.environ.items() if k != "CC"}
         subprocess.run([sys.executable, "-m", "hotpatch", "build", src, "--target", os.path.join(OUT, program),
-                        "-o", os.path.join(OUT, out), *extra], check=True, cwd=ROOT, env=dict(os.environ, CC=CC))
+                        "-o", os.path.join(OUT, out), *extra], check=True, cwd=ROOT, env=env)
     print(f"ARM64 fixtures and patches in {OUT}")
 
 
