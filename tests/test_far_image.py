@@ -8,19 +8,6 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from conftest import hotpatch, image_of
 
 
-FAR_PATCH = """
-#include <stdio.h>
-#include <stdlib.h>
-extern int counter;
-extern int helper(int);
-int compute(int x)
-{
-    char text[32];
-    snprintf(text, sizeof text, "%d", helper(x));   /* libc, through a stub */
-    return atoi(text) + counter;
-}
-int fact(int n) { return n <= 1 ? 1000 : n * fact(n - 1); }
-"""
 
 
 def test_far_image_refuses_short_function(cc, spawn):
@@ -34,13 +21,9 @@ def test_far_image_refuses_short_function(cc, spawn):
     assert t.maps() == maps
 
 
-def test_far_image(cc, spawn, tmp_path):
+def test_far_image(cc, spawn):
     binary = cc.program("target.c", "-fPIE", "-pie")
-    source = tmp_path / "far.c"
-    source.write_text(FAR_PATCH)
-    patch = str(tmp_path / "far.hp")
-    r = hotpatch("build", str(source), "--target", binary, "-o", patch)
-    assert r.returncode == 0, r.stderr
+    patch = cc.patch("patch_far.c", binary)
     t = spawn(binary)
     entry = t.symbol_address(binary, "compute")
     before = t.read_mem(entry, 16)

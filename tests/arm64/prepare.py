@@ -25,32 +25,17 @@ PATCHES = {   # output: (patch source, program, extra build args)
     "busy.hp": ("patch_work.c", "busy", []),
     "blocking.hp": ("patch_work.c", "blocking", []),
     "signals.hp": ("patch_work.c", "signals", []),
-    "far.hp": ("far.c", "target", []),
+    "far.hp": ("patch_far.c", "target", []),
 }
-FAR_PATCH = """
-#include <stdio.h>
-#include <stdlib.h>
-extern int counter;
-extern int helper(int);
-int compute(int x)
-{
-    char text[32];
-    snprintf(text, sizeof text, "%d", helper(x));   /* libc, through a veneer */
-    return atoi(text) + counter;
-}
-int fact(int n) { return n <= 1 ? 1000 : n * fact(n - 1); }
-"""
 
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "far.c"), "w") as f:
-        f.write(FAR_PATCH)
     for name, (source, flags) in PROGRAMS.items():
         subprocess.run([CC, "-O2", "-g", "-pthread", *flags, "-o", os.path.join(OUT, name),
                         os.path.join(ROOT, "fixtures", source)], check=True)
     for out, (source, program, extra) in PATCHES.items():
-        src = os.path.join(OUT, source) if source == "far.c" else os.path.join(ROOT, "fixtures", source)
+        src = os.path.join(ROOT, "fixtures", source)
         # No CC: `hotpatch build` must pick the cross compiler from the target's architecture.
         env = {k: v for k, v in os.environ.items() if k != "CC"}
         subprocess.run([sys.executable, "-m", "hotpatch", "build", src, "--target", os.path.join(OUT, program),
