@@ -373,23 +373,26 @@ def _revert(session: Session, patch_id: int | None, revert_all: bool, timeout: f
     guarded = RangeSet([GuardedRange(r.code[0], r.code[1], f"the code of patch {r.id}") for r in chosen])
 
     def restore() -> None:
-        for r in chosen:
-            if not _is_active(r, mem):
-                continue   # its jumps were never written (an interrupted apply): only unmap
-            for f in r.functions:
-                current = mem.read(f.site, len(f.written) // 2)
-                if current.hex() != f.written:
-                    raise PatchMismatch(f"{f.name} at {f.entry:#x} was modified after patch {r.id} was "
-                                        "applied; not reverting", "inspect the process")
+        # Newest first, each site read once: a record whose sites all hold its
+        # jumps is restored; one whose sites all hold the saved bytes never got
+        # its jumps (an interrupted apply) and is only unmapped; anything else
+        # was changed by someone else and is left alone (what was restored is
+        # put back).
         written = []
         try:
             for r in chosen:
-                if _is_active(r, mem):
-                    for f in r.functions:
-                        mem.write(f.site, bytes.fromhex(f.saved))
-                        written.append(f)
-                        if len(written) == 1:
-                            timings.mark("first-restored")
+                current = [mem.read(f.site, len(f.written) // 2).hex() for f in r.functions]
+                if all(c == f.saved for c, f in zip(current, r.functions)):
+                    continue
+                for c, f in zip(current, r.functions):
+                    if c != f.written:
+                        raise PatchMismatch(f"{f.name} at {f.entry:#x} was modified after patch {r.id} was "
+                                            "applied; not reverting", "inspect the process")
+                for f in r.functions:
+                    mem.write(f.site, bytes.fromhex(f.saved))
+                    written.append(f)
+                    if len(written) == 1:
+                        timings.mark("first-restored")
         except BaseException:
             for f in reversed(written):
                 mem.write(f.site, bytes.fromhex(f.written))

@@ -80,7 +80,7 @@ class Session:
         The calls are judged with their real arguments on the thread that will
         make them (the leader: filters are per thread).
         """
-        from hotpatch.safety.seccomp import first_forbidden
+        from hotpatch.safety.seccomp import SECCOMP_RET_ACTION_FULL, SECCOMP_RET_ERRNO, first_forbidden
         from hotpatch.target.remote import (MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PR_SET_VMA,
                                             PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ, PROT_WRITE)
         from hotpatch.target.seccomp import AUDIT_ARCH, SYSCALL_INSN_SIZE, check_remote_syscalls, fetch_filters
@@ -97,12 +97,13 @@ class Session:
             filters = fetch_filters(self.pid)
             gadget = self.remote().gadget
             check_remote_syscalls(self.pid, self.arch.name, needed, gadget, filters)
-            # Naming the image's mappings is optional: an ERRNO answer only means we skip it.
+            # Naming the image's mappings is optional: an ERRNO answer only means we
+            # skip it; anything harsher (kill, trap) is refused like a needed call.
             name_call = [("prctl", nr["prctl"], [PR_SET_VMA, PR_SET_VMA_ANON_NAME, 0, page, 0])]
             verdict = first_forbidden(filters, AUDIT_ARCH[self.arch.name],
                                       gadget + SYSCALL_INSN_SIZE[self.arch.name], name_call) if filters else None
             if verdict is not None:
-                if verdict[1] & 0xFFFF0000 != 0x00050000:   # anything harsher than SECCOMP_RET_ERRNO
+                if verdict[1] & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO:
                     check_remote_syscalls(self.pid, self.arch.name, name_call, gadget, filters)
                 self.name_vmas = False
         finally:

@@ -92,3 +92,20 @@ def test_stacked_patches_revert_in_order(cc, spawn):
     assert t.ask("compute 5") == "11"
     assert t.read_mem(entry, 16) == original
     assert mappings_in(t.maps(), *image1) == []
+
+
+def test_revert_refuses_a_jump_changed_by_someone_else(cc, spawn):
+    binary = cc.program("target.c", "-fPIE", "-pie")
+    patch = cc.patch("patch_target.c", binary)
+    t = spawn(binary)
+    assert hotpatch(str(t.pid), patch).returncode == 0
+    entry = t.symbol_address(binary, "fact")
+    with open(f"/proc/{t.pid}/mem", "r+b") as mem:   # another tool rewrites fact's jump
+        mem.seek(entry)
+        mem.write(bytes.fromhex("b801000000"))      # mov $1, %eax (what -O2 fact starts with)
+    compute = t.symbol_address(binary, "compute")
+    patched = t.read_mem(compute, 16)
+    r = hotpatch("revert", str(t.pid))
+    assert r.returncode == 4 and "fact" in r.stderr and "modified" in r.stderr, r.stderr
+    assert t.read_mem(compute, 16) == patched      # nothing restored: the patch stands as it was
+    assert t.ask("compute 5") == "51"
