@@ -27,7 +27,7 @@ from hotpatch.target.maps import MapIndex, Mapping, read_maps
 from hotpatch.target.memory import Memory
 from hotpatch.target.placement import candidate_addresses
 from hotpatch.target.process import Module, ProcessSymbols, loaded_modules
-from hotpatch.target.threads import thread_name
+from hotpatch.target.threads import running_threads, thread_name
 from hotpatch.target.remote import (EEXIST, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
                                     PR_SET_VMA, PR_SET_VMA_ANON_NAME, RemoteSyscallError)
 
@@ -86,8 +86,10 @@ def _guard_loop(session: Session, ranges: RangeSet, timeout: float, on_safe: Cal
     deadline = time.monotonic() + timeout
     delay, attempts = 0.001, 0
     maps = MapIndex(session.maps())
+    session.prepare_snapshot()
     while True:
         attempts += 1
+        session.group.running_hint = running_threads(session.pid, session.group.tracees)
         timings.mark("stopping")
         session.group.stop_all()
         timings.mark("stopped")
@@ -398,12 +400,15 @@ def _revert(session: Session, patch_id: int | None, revert_all: bool, timeout: f
                 mem.write(f.site, bytes.fromhex(f.written))
             raise
         timings.mark("switched", abortable=False)   # reverted: the rest only frees memory
-        for r in chosen:
-            session.syscall("munmap", r.base, r.size)
-        timings.mark("unmapped", abortable=False)
 
     attempts = _guard_loop(session, guarded, timeout, restore, timings)
-    session.group.detach_all()
+    # No thread runs or returns into the images and nothing jumps there now:
+    # the others go while one thread unmaps them.
+    session.group.detach_all(keep=session.syscall_thread())
     timings.mark("resumed", abortable=False)
+    for r in chosen:
+        session.syscall("munmap", r.base, r.size)
+    timings.mark("unmapped", abortable=False)
+    session.group.detach_all()
     return {"status": "reverted", "pid": session.pid, "reverted": [r.id for r in chosen],
             "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": timings.marks}

@@ -7,7 +7,7 @@ from hotpatch.arch.base import Arch
 from hotpatch.elf import ELFFormatError
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import TargetGone, TraceError
-from hotpatch.safety.activeness import ThreadSnapshot
+from hotpatch.safety.activeness import Snapshot
 from hotpatch.steps import check_interrupted
 from hotpatch.target import ptrace as P
 from hotpatch.target.maps import MapIndex, Mapping, read_maps
@@ -62,6 +62,7 @@ class Session:
         self._remote = None
         self._regs_reader = P.RegsReader(arch.regs_type)
         self._regs_at_stop: dict[int, tuple] = {}
+        self._stacks = bytearray()   # reused stack buffer (see prepare_snapshot)
         self.group.on_stop = self._read_regs
         self.group.on_resume = lambda tid: self._regs_at_stop.pop(tid, None)
         self.name_vmas = True
@@ -131,11 +132,14 @@ class Session:
             self._remote = RemoteSyscalls(self.arch, self.group, gadget)
         return self._remote
 
+    def syscall_thread(self) -> int:
+        """The thread remote system calls run on: the leader, whose seccomp filter was checked."""
+        return self.pid if self.pid in self.group.tracees else next(iter(self.group.tracees))
+
     def syscall(self, name: str, *args: int) -> int:
         """One remote syscall on a stopped thread (stopping one if none is), checked."""
         remote = self.remote()
-        # Always the leader: the thread whose seccomp filter was checked.
-        tid = self.pid if self.pid in self.group.tracees else next(iter(self.group.tracees))
+        tid = self.syscall_thread()
         if tid in self.group.stopped_tids(usable_only=False):
             return remote.checked(tid, name, *args)
         self.group.stop_thread(tid)
@@ -144,38 +148,47 @@ class Session:
         finally:
             self.group.resume_thread(tid)
 
-    def snapshot_threads(self, maps: MapIndex) -> list[ThreadSnapshot]:
-        """Registers and live stack of every (stopped) thread.
+    def snapshot_threads(self, maps: MapIndex) -> Snapshot:
+        """Code pointers and live stack of every (stopped) thread.
 
         Registers come from `_regs_at_stop`, read as each thread's stop
         arrived (overlapping the kernel still stopping the others); stacks are
         read all at once (process_vm_readv). `maps` may predate the stop: a
         stack it does not know makes it re-read.
         """
-        found = []
+        tids, pointers, ranges = [], [], []
+        regs_at_stop, find = self._regs_at_stop, maps.find
         for tid in self.group.stopped_tids(usable_only=False):
-            got = self._regs_at_stop.get(tid) or self._read_regs(tid)
+            got = regs_at_stop.get(tid) or self._read_regs(tid)
             if got is None:
                 continue
-            pc, ptrs, sp, frames_end = got
-            m = maps.find(sp)
+            ptrs, sp, frames_end = got
+            m = find(sp)
             if m is None:
                 maps.refresh(self.maps())
                 m = maps.find(sp)
             end = min(m.end, sp + MAX_STACK_SCAN, frames_end) if m else sp
-            found.append((tid, pc, ptrs, sp, end - sp))
-        stacks = self.mem.read_many([(sp, size) for _, _, _, sp, size in found])
-        return [ThreadSnapshot(tid, pc, ptrs, sp, stack)
-                for (tid, pc, ptrs, sp, _), stack in zip(found, stacks)]
+            tids.append(tid)
+            pointers.append(ptrs)
+            ranges.append((sp, (end - sp) & ~7))   # whole words: see Snapshot
+        self._stacks, starts = self.mem.read_joined(ranges, self._stacks)
+        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges))
+
+    def prepare_snapshot(self, per_thread: int = 8192) -> None:
+        """Allocate (and fault in) the stack buffer while the target still runs.
+
+        Sized from the last snapshot, else `per_thread` bytes a thread; a
+        larger need at the stop only costs a fresh allocation then.
+        """
+        want = max(len(self._stacks), per_thread * len(self.group.tracees), 1 << 16)
+        if len(self._stacks) < want:
+            self._stacks = bytearray(want)   # zero-filled: every page touched now
 
     def _read_regs(self, tid: int):
-        """(pc, code pointers, sp, end of frames) of a stopped thread, or None if it is gone."""
-        arch = self.arch
+        """((pc, code pointers), sp, end of frames) of a stopped thread, or None if it is gone."""
         try:
             regs = self._regs_reader.read(tid)
         except P.ThreadGoneError:
             return None
-        sp = arch.sp(regs)
-        got = (arch.pc(regs), tuple(arch.code_pointers(regs)), sp, arch.frames_end(regs, sp, 1 << 64))
-        self._regs_at_stop[tid] = got
+        got = self._regs_at_stop[tid] = self.arch.thread_view(regs)
         return got

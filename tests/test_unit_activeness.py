@@ -4,7 +4,7 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from hotpatch.safety.activeness import GuardedRange, RangeSet, ThreadSnapshot, find_busy
+from hotpatch.safety.activeness import MAX_NEEDLES, GuardedRange, RangeSet, Snapshot, find_busy
 
 
 def naive(data, ranges):
@@ -33,14 +33,50 @@ def test_scan_matches_naive(spans, words, junk):
     assert (hit[0] if hit else None) == naive(data, rs.ranges)
 
 
+def test_many_ranges_share_a_few_needles_and_still_match_naive():
+    # 300 functions of 48 bytes spread over 96 KiB: one needle each would mean
+    # 300 passes over every stack.
+    base = 0x5555_5555_0000
+    ranges = [GuardedRange(base + i * 320, base + i * 320 + 48, f"f{i}") for i in range(300)]
+    rs = RangeSet(ranges)
+    assert len(rs.needles) <= MAX_NEEDLES
+    inside, between = base + 77 * 320 + 40, base + 77 * 320 + 100
+    for words in ([between] * 50, [between] * 50 + [inside], [7, inside, between]):
+        data = struct.pack(f"<{len(words)}Q", *words)
+        hit = rs.scan_words(data)
+        assert (hit[0] if hit else None) == naive(data, rs.ranges)
+
+
+def snap(*threads):
+    return Snapshot.join([(tid, (pc,), stack) for tid, pc, stack in threads])
+
+
 def test_find_busy_reports_pc_then_stack():
     rs = RangeSet([GuardedRange(0x1000, 0x1100, "compute")])
-    idle = ThreadSnapshot(1, 0x5000, (), 0x7000, struct.pack("<QQ", 0x2000, 0x3000))
-    assert find_busy([idle], rs) is None
-    running = ThreadSnapshot(2, 0x1010, (), 0x7000, b"")
-    assert find_busy([idle, running], rs).how == "is executing"
-    returning = ThreadSnapshot(3, 0x5000, (), 0x7000, struct.pack("<QQ", 7, 0x10ff))
-    busy = find_busy([returning], rs)
-    assert busy.how == "will return into" and busy.label == "compute" and busy.address == 0x10ff
-    unaligned = ThreadSnapshot(4, 0x5000, (), 0x7000, b"\0" + struct.pack("<Q", 0x1010) + b"\0" * 7)
-    assert find_busy([unaligned], rs) is None
+    idle = (1, 0x5000, struct.pack("<QQ", 0x2000, 0x3000))
+    assert find_busy(snap(idle), rs) is None
+    running = (2, 0x1010, b"")
+    busy = find_busy(snap(idle, running), rs)
+    assert (busy.tid, busy.how, busy.address) == (2, "is executing", 0x1010)
+    returning = (3, 0x5000, struct.pack("<QQ", 7, 0x10ff))
+    busy = find_busy(snap(idle, returning), rs)
+    assert (busy.tid, busy.how, busy.label, busy.address) == (3, "will return into", "compute", 0x10ff)
+    # a pc beats a return address, whatever the thread order
+    assert find_busy(snap(returning, running), rs).tid == 2
+    unaligned = (4, 0x5000, b"\0" + struct.pack("<Q", 0x1010) + b"\0" * 7)
+    assert find_busy(snap(unaligned), rs) is None
+
+
+def test_stacks_of_odd_length_keep_each_thread_word_aligned():
+    rs = RangeSet([GuardedRange(0x1000, 0x1100, "compute")])
+    ragged = (1, 0x5000, b"\xAA" * 13)          # 13 bytes: only the first word counts
+    returning = (2, 0x5000, struct.pack("<Q", 0x1010))
+    busy = find_busy(snap(ragged, returning), rs)
+    assert (busy.tid, busy.address) == (2, 0x1010)
+
+
+def test_second_code_pointer_is_a_return_address():
+    rs = RangeSet([GuardedRange(0x1000, 0x1100, "leaf")])
+    s = Snapshot.join([(1, (0x5000, 0x7000), b""), (2, (0x5000, 0x1004), b"")])
+    busy = find_busy(s, rs)
+    assert (busy.tid, busy.how, busy.address) == (2, "will return into", 0x1004)

@@ -36,9 +36,11 @@ class Arch:
     def code_pointers(self, regs) -> list[int]:
         """Registers other than pc that may hold a live return address (aarch64 LR)."""
         return []
-    def frames_end(self, regs, sp: int, mapping_end: int) -> int:
-        """Upper bound of a thread's stack frames within its stack mapping."""
-        return mapping_end
+    def thread_view(self, regs) -> tuple[tuple[int, ...], int, int]:
+        """What the activeness check needs of a stopped thread, in one call:
+        ((pc, other code pointers), sp, an upper bound of its frames or 2**64:
+        the end of the stack mapping then bounds them)."""
+        return (self.pc(regs), *self.code_pointers(regs)), self.sp(regs), 1 << 64
     def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]): ...
     def syscall_result(self, regs) -> int: ...
     def after_syscall_insn(self, gadget: int) -> int:

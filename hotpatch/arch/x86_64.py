@@ -69,16 +69,19 @@ class X86_64(Arch):
     def sp(self, regs) -> int:
         return regs.rsp
 
-    def frames_end(self, regs, sp: int, mapping_end: int) -> int:
-        """Frames of a thread end below its thread pointer when that lies in its stack mapping.
+    def thread_view(self, regs) -> tuple[tuple[int, ...], int, int]:
+        """Frames of a thread end below its thread pointer when that lies above sp.
 
         x86-64 TLS is variant II: glibc puts the static TLS and then the TCB
         (struct pthread, at fs_base) at the top of a thread's stack mapping, and
         the stack grows down from below them. Nothing at or above fs_base is a
         frame, and struct pthread's own code pointers (the start routine) are
-        no return address.
+        no return address. (The main thread's fs_base lies above its stack
+        mapping, whose end is then the smaller bound.) Called for every thread
+        while all are stopped, so no helper calls.
         """
-        return regs.fs_base if sp < regs.fs_base < mapping_end else mapping_end
+        sp, fs_base = regs.rsp, regs.fs_base
+        return (regs.rip,), sp, fs_base if fs_base > sp else 1 << 64
 
     def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]):
         new = user_regs_struct.from_buffer_copy(regs)

@@ -8,7 +8,10 @@ unwinder, at the price of an occasional false "busy" (a stale code pointer in
 a live frame), which only means waiting.
 """
 
+import array
 import bisect
+import itertools
+import struct
 from dataclasses import dataclass
 
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 # the signature in their top bits: compare the low 48 bits only. Conservative
 # everywhere: a stray word matching in its low 48 bits only means waiting.
 ADDRESS_BITS = (1 << 48) - 1
+_WORD = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,29 @@ class GuardedRange:
 
 
 @dataclass(frozen=True)
-class ThreadSnapshot:
-    tid: int
-    pc: int
-    code_pointers: tuple[int, ...]
-    sp: int
-    stack: bytes   # memory from sp up to the end of its mapping
+class Snapshot:
+    """Every stopped thread's code pointers and live stack, laid out for one scan each.
+
+    With a thousand threads, per-thread Python work dominates the commit stop:
+    the stacks arrive in one buffer (one process_vm_readv), each part a whole
+    number of words so that an aligned word never straddles two threads.
+    """
+    tids: list[int]
+    pointers: list[tuple[int, ...]]   # per thread: (pc, other code pointers), the same count for all
+    stacks: bytes | bytearray         # every thread's stack from its sp, one after another
+    starts: list[int]                 # where each thread's part begins in `stacks`
+    size: int                         # bytes of `stacks` in use (a reused buffer may be longer)
+
+    @classmethod
+    def join(cls, threads: "list[tuple[int, tuple[int, ...], bytes]]") -> "Snapshot":
+        """From (tid, pointers, stack) triples: for tests and small callers."""
+        parts, starts, pos = [], [], 0
+        for _, _, stack in threads:
+            starts.append(pos)
+            stack = stack[:len(stack) // 8 * 8]
+            parts.append(stack)
+            pos += len(stack)
+        return cls([t[0] for t in threads], [t[1] for t in threads], b"".join(parts), starts, pos)
 
 
 @dataclass(frozen=True)
@@ -56,16 +77,7 @@ class RangeSet:
             merged.append(r)
         self.ranges = merged
         self.starts = [r.start for r in self.ranges]
-        # Pointers into a range share their high bytes: search for those bytes
-        # (C-speed bytes.find) instead of decoding every stack word in Python.
-        # Leading zero bytes (the top of every user address) are left out of
-        # the needle: stacks are mostly zeros, which would defeat the search.
-        self.needles: dict[tuple[int, bytes], None] = {}
-        for r in self.ranges:
-            k = _low_bytes_varying(r.start, r.end - 1)
-            top = (r.start >> (8 * k)).to_bytes(8 - k, "little")
-            trimmed = top.rstrip(b"\0")
-            self.needles[(k, trimmed or top)] = None
+        self.needles = _needles(self.ranges)
 
     def find(self, address: int) -> GuardedRange | None:
         i = bisect.bisect_right(self.starts, address) - 1
@@ -73,21 +85,58 @@ class RangeSet:
             return self.ranges[i]
         return None
 
-    def scan_words(self, data: bytes) -> tuple[int, GuardedRange] | None:
-        """First 8-byte-aligned little-endian word of `data` inside a range: (offset, range)."""
+    def scan_words(self, data: bytes | bytearray, end: int | None = None) -> tuple[int, GuardedRange] | None:
+        """First 8-byte-aligned little-endian word of data[:end] inside a range: (offset, range)."""
         hits = []
+        end = len(data) if end is None else end
+        find, unpack_from = data.find, _WORD.unpack_from
         for k, needle in self.needles:
-            pos = data.find(needle, k)
+            # Code near a guarded range shares its needle: a thousand idle
+            # threads hold the same return address. Each value is judged once.
+            outside: set[int] = set()
+            pos = find(needle, k, end)
             while pos >= 0:
                 word_at = pos - k
-                if word_at % 8 == 0 and word_at + 8 <= len(data):
-                    value = int.from_bytes(data[word_at:word_at + 8], "little") & ADDRESS_BITS
-                    r = self.find(value)
-                    if r is not None:
-                        hits.append((word_at, r))
-                        break
-                pos = data.find(needle, pos + 1)
+                if word_at & 7 == 0 and word_at + 8 <= end:
+                    value = unpack_from(data, word_at)[0] & ADDRESS_BITS
+                    if value not in outside:
+                        r = self.find(value)
+                        if r is not None:
+                            hits.append((word_at, r))
+                            break
+                        outside.add(value)
+                pos = find(needle, pos + 1, end)
         return min(hits, key=lambda h: h[0]) if hits else None
+
+
+MAX_NEEDLES = 16
+
+
+def _needles(ranges: list[GuardedRange]) -> list[tuple[int, bytes]]:
+    """What to search for: (k, the bytes above the k lowest) of every address in the ranges.
+
+    Pointers into a range share their high bytes: bytes.find finds those at
+    C speed, and only its hits are decoded. Leading zero bytes (the top of
+    every user address) are left out: stacks are mostly zeros. Each needle
+    costs one pass over all stacks, so a patch of many functions gets
+    coarser needles (more low bytes left out, more hits to decode), at most
+    MAX_NEEDLES of them.
+    """
+    best: list[tuple[int, bytes]] = []
+    for min_k in range(8):
+        needles: dict[tuple[int, bytes], None] = {}
+        for r in ranges:
+            own_k = _low_bytes_varying(r.start, r.end - 1)
+            k = max(min_k, own_k)
+            top = (r.start >> (8 * k)).to_bytes(8 - k, "little")
+            trimmed = top.rstrip(b"\0")
+            if not trimmed and k > own_k:
+                return best   # coarser would mean searching for zeros
+            needles[(k, trimmed or top)] = None
+        best = list(needles)
+        if len(best) <= MAX_NEEDLES:
+            break
+    return best
 
 
 def _low_bytes_varying(lo: int, hi: int) -> int:
@@ -97,27 +146,24 @@ def _low_bytes_varying(lo: int, hi: int) -> int:
     return k
 
 
-def find_busy(threads: list[ThreadSnapshot], ranges: RangeSet) -> BusyThread | None:
-    for t in threads:
-        for address in (t.pc, *t.code_pointers):
-            r = ranges.find(address)
-            if r is not None:
-                how = "is executing" if address == t.pc else "will return into"
-                return BusyThread(t.tid, r.label, how, address)
-    # One scan over all stacks joined, each padded to whole words so that an
-    # aligned word never straddles two threads: per-thread Python overhead
-    # dominates with a thousand threads.
-    parts, starts, pos = [], [], 0
-    for t in threads:
-        starts.append(pos)
-        stack = t.stack[:len(t.stack) // 8 * 8]
-        parts.append(stack)
-        pos += len(stack)
-    joined = b"".join(parts)
-    hit = ranges.scan_words(joined)
+def find_busy(snapshot: Snapshot, ranges: RangeSet) -> BusyThread | None:
+    """The first thread executing in `ranges` (pc or a code register), else the first returning into them."""
+    per_thread = len(snapshot.pointers[0]) if snapshot.pointers else 0
+    # The pointers as one array of words: the same C-speed scan as the stacks.
+    words = array.array("Q", itertools.chain.from_iterable(snapshot.pointers)).tobytes()
+    if len(words) != 8 * per_thread * len(snapshot.tids):
+        raise ValueError("every thread needs the same number of code pointers")
+    hit = ranges.scan_words(words)
+    if hit is not None:
+        offset, r = hit
+        index = offset // 8
+        how = "is executing" if index % per_thread == 0 else "will return into"
+        value = int.from_bytes(words[offset:offset + 8], "little") & ADDRESS_BITS
+        return BusyThread(snapshot.tids[index // per_thread], r.label, how, value)
+    hit = ranges.scan_words(snapshot.stacks, snapshot.size)
     if hit is None:
         return None
     offset, r = hit
-    t = threads[bisect.bisect_right(starts, offset) - 1]
-    value = int.from_bytes(joined[offset:offset + 8], "little") & ADDRESS_BITS
-    return BusyThread(t.tid, r.label, "will return into", value)
+    tid = snapshot.tids[bisect.bisect_right(snapshot.starts, offset) - 1]
+    value = int.from_bytes(snapshot.stacks[offset:offset + 8], "little") & ADDRESS_BITS
+    return BusyThread(tid, r.label, "will return into", value)

@@ -51,11 +51,16 @@ def _call(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
     # The raw binding, not python-ptrace's ptrace() wrapper: the commit stop
     # makes several calls per thread, and the wrapper costs more than the call.
     result = _libc_ptrace(request, tid, addr, data)
-    if result != _FAILED:
-        return result
+    if result == _FAILED:
+        _raise_errno(request, tid)
+    return result
+
+
+def _raise_errno(request: int, tid: int) -> None:
+    """After a call returned -1: raise what errno means (PEEK calls may return -1 with errno 0)."""
     err = ctypes.get_errno()
     if err == 0:
-        return result
+        return
     if err == errno.ESRCH or (err == errno.EPERM and not _thread_alive(tid)):
         raise ThreadGoneError(tid)   # a dying thread answers EPERM to PTRACE_SEIZE
     if err == errno.EPERM:
@@ -101,6 +106,31 @@ def seize(tid: int, options: int = PTRACE_O_TRACECLONE) -> None:
 
 def interrupt(tid: int) -> None:
     _call(PTRACE_INTERRUPT, tid)
+
+
+def interrupt_each(tids) -> list[int]:
+    """PTRACE_INTERRUPT every tid; returns those that are gone.
+
+    The commit stop's first loop: one raw call per thread, errors sorted out
+    only when one fails.
+    """
+    gone = []
+    raw, failed = _libc_ptrace, _FAILED
+    for tid in tids:
+        if raw(PTRACE_INTERRUPT, tid, 0, 0) == failed:
+            try:
+                _raise_errno(PTRACE_INTERRUPT, tid)
+            except ThreadGoneError:
+                gone.append(tid)
+    return gone
+
+
+def detach_each(tids) -> None:
+    """PTRACE_DETACH every tid, ignoring failures: a thread that exited, or
+    one not in a ptrace-stop, which the kernel detaches when we exit."""
+    raw = _libc_ptrace
+    for tid in tids:
+        raw(PTRACE_DETACH, tid, 0, 0)
 
 
 def cont(tid: int, sig: int = 0) -> None:

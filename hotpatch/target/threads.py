@@ -13,6 +13,7 @@ stays stopped, and detach leaves it stopped.
 """
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from hotpatch.errors import TargetGone, TraceError
 from hotpatch.target import ptrace as P
 
 RUNNING, STOPPED = "running", "stopped"
+STOP_CHUNK = 64   # threads interrupted between two reaps
+_INTERRUPT_STOP = P.PTRACE_EVENT_STOP << 8 | signal.SIGTRAP   # wait status >> 8 of an interrupt stop
 
 
 @dataclass
@@ -38,6 +41,31 @@ def list_tids(pid: int) -> list[int]:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError as e:
         raise TargetGone(f"process {pid} exited") from e
+
+
+def thread_count(pid: int) -> int | None:
+    """num_threads from /proc/PID/stat (threads not yet reaped included)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 20; the command name (field 2) may hold spaces and parentheses.
+    return int(stat[stat.rindex(b")") + 2:].split(None, 18)[17])
+
+
+def running_threads(pid: int, tids) -> set[int]:
+    """Those of `tids` the kernel shows running or runnable (state R) right now."""
+    running = set()
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R":
+            running.add(tid)
+    return running
 
 
 def thread_name(pid: int, tid: int) -> str:
@@ -61,6 +89,7 @@ class ThreadGroup:
         # caller read registers while the kernel is still stopping the others.
         self.on_stop = None
         self.on_resume = None
+        self.running_hint: set[int] = set()
         self.signals_passed = 0
 
     # -- attach ---------------------------------------------------------
@@ -92,19 +121,57 @@ class ThreadGroup:
 
     # -- stopping -------------------------------------------------------
     def stop_all(self, timeout: float | None = None) -> None:
+        """Interrupt every thread and wait until each is in a ptrace-stop.
+
+        Threads in `running_hint` (seen running just before) are interrupted
+        last: a thread at work notices a stop, one blocked in a system call
+        does not unless it is woken meanwhile. Stops are reaped and reported
+        (on_stop) while later threads are still being interrupted.
+        """
         deadline = time.monotonic() + (timeout or self.stop_timeout)
         self.hold_new = True
         while True:
-            for t in list(self.tracees.values()):
+            todo, hinted = [], []
+            for t in self.tracees.values():
                 t.hold = True
                 if t.state == RUNNING and not t.interrupted:
-                    self._interrupt(t)
+                    t.interrupted = True
+                    (hinted if t.tid in self.running_hint else todo).append(t.tid)
+            todo += hinted
+            pending: list[int] = []
+            for first in range(0, len(todo), STOP_CHUNK):
+                # Reap the chunks sent earlier (stopped by now, mostly) before
+                # sending the next: the wait below then has little left.
+                pending = self._reap(pending)
+                chunk = todo[first:first + STOP_CHUNK]
+                for tid in P.interrupt_each(chunk):
+                    self._drop(tid)
+                pending += chunk
             self._pump_until(lambda: not self.running, deadline, "stop")
-            # Threads born of a not-yet-seized thread escape PTRACE_O_TRACECLONE: rescan.
+            # A thread cloned with CLONE_UNTRACED escapes PTRACE_O_TRACECLONE:
+            # rescan, unless the kernel's thread count says every thread is ours
+            # (one small read instead of listing a thousand tasks).
+            if thread_count(self.pid) == len(self.tracees):
+                return
             before = len(self.tracees)
             self.seize_all()
             if len(self.tracees) == before:
                 return
+
+    def _reap(self, tids: list[int]) -> list[int]:
+        """Handle the events of `tids` that have one; returns those still running."""
+        waitpid, flags = os.waitpid, os.WNOHANG | P.WALL
+        left = []
+        for tid in tids:
+            try:
+                got, status = waitpid(tid, flags)
+            except ChildProcessError:
+                continue
+            if got:
+                self._on_event(got, status)
+            if tid in self.running:
+                left.append(tid)
+        return left
 
     def stop_thread(self, tid: int) -> None:
         t = self.tracees[tid]
@@ -124,10 +191,16 @@ class ThreadGroup:
     # -- resuming -------------------------------------------------------
     def resume_all(self) -> None:
         self.hold_new = False
-        for t in list(self.tracees.values()):
+        for t in self._resume_order():
             t.hold = False
             if t.state == STOPPED:
                 self._resume(t)
+
+    def _resume_order(self) -> list[Tracee]:
+        """Threads seen running first (they were interrupted last), then the rest in stop order."""
+        hint = self.running_hint
+        first = [t for t in self.tracees.values() if t.tid in hint]
+        return first + [t for t in self.tracees.values() if t.tid not in hint]
 
     def resume_thread(self, tid: int) -> None:
         t = self.tracees.get(tid)
@@ -136,22 +209,25 @@ class ThreadGroup:
             if t.state == STOPPED and not t.hold:
                 self._resume(t)
 
-    def detach_all(self) -> None:
-        """Detach every thread, stopping first those running (DETACH needs a stopped tracee)."""
+    def detach_all(self, keep: int | None = None) -> None:
+        """Detach every thread, stopping first those running (DETACH needs a stopped tracee).
+
+        `keep` stays stopped and traced: work left for one thread (freeing
+        memory) without holding up the others.
+        """
         try:
             if any(t.state != STOPPED for t in self.tracees.values()):
                 # Short: a thread that cannot stop (frozen) already cost one full
                 # timeout; whatever stays attached, the kernel detaches when we exit.
                 self.stop_all(timeout=min(self.stop_timeout, 1.0))
         finally:
-            for t in list(self.tracees.values()):
-                try:
-                    P.detach(t.tid)
-                except (P.ThreadGoneError, TraceError):
-                    pass
+            P.detach_each([t.tid for t in self._resume_order() if t.tid != keep])
+            kept = self.tracees.get(keep)
             self.tracees.clear()
             self.running.clear()
             self.waiter.poll()
+            if kept is not None:
+                self.tracees[keep] = kept
 
     # -- state --------------------------------------------------------
     def mark_running(self, t: Tracee) -> None:
@@ -220,6 +296,10 @@ class ThreadGroup:
 
     def _on_event(self, tid: int, status: int) -> None:
         t = self.tracees.get(tid)
+        if status >> 8 == _INTERRUPT_STOP and t is not None and not t.stepping:
+            t.group_stop = False   # the commit stop's common case, first
+            self._stopped(t)
+            return
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._drop(tid)
             if tid == self.pid:

@@ -1,0 +1,56 @@
+"""The commit stop holds running threads for the shortest time: threads the kernel
+shows running are interrupted last and resumed first; every thread is still
+stopped before anything is checked or written."""
+
+import os
+
+from hotpatch.target import ptrace as P
+from hotpatch.target.threads import STOP_CHUNK, STOPPED, ThreadGroup, running_threads, thread_name
+
+
+def tids_of(pid):
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def test_running_threads_are_those_at_work(cc, spawn):
+    binary = cc.program("probe_threads.c", "-fPIE", "-pie")
+    t = spawn([binary, "40"])     # main blocked in fgets, a spinning probe, 38 in pthread_cond_wait
+    probe = next(tid for tid in tids_of(t.pid) if thread_name(t.pid, tid) == "probe")
+    assert running_threads(t.pid, tids_of(t.pid)) == {probe}
+
+
+def test_running_threads_stop_last_and_resume_first(cc, spawn, monkeypatch):
+    binary = cc.program("probe_threads.c", "-fPIE", "-pie")
+    t = spawn([binary, str(3 * STOP_CHUNK + 5)])   # several chunks of interrupts
+    tids = tids_of(t.pid)
+    probe = next(tid for tid in tids if thread_name(t.pid, tid) == "probe")
+    interrupted, detached, stopped_before_detach = [], [], []
+    real_interrupt, real_detach = P.interrupt_each, P.detach_each
+
+    def interrupt_each(chunk):
+        interrupted.extend(chunk)
+        return real_interrupt(chunk)
+
+    def detach_each(chunk):
+        stopped_before_detach.extend(tid for tid, tr in group.tracees.items() if tr.state == STOPPED)
+        detached.extend(chunk)
+        real_detach(chunk)
+
+    monkeypatch.setattr(P, "interrupt_each", interrupt_each)
+    monkeypatch.setattr(P, "detach_each", detach_each)
+    waiter = P.Waiter()
+    group = ThreadGroup(t.pid, waiter)
+    try:
+        group.seize_all()
+        group.running_hint = {probe}
+        group.stop_all()
+        assert sorted(interrupted) == tids and interrupted[-1] == probe
+        assert not group.running and len(group.tracees) == len(tids)
+        group.detach_all()
+    finally:
+        waiter.close()
+    assert detached[0] == probe and sorted(detached) == tids
+    assert sorted(stopped_before_detach) == tids
+    assert P.status_field(t.pid, "TracerPid") == "0"
+    assert [tid for tid in tids if P.status_field(tid, "State")[0] in "tT"] == []   # none left stopped
+    assert t.ask("calls 1").split()[1] == "1"
