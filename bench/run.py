@@ -103,18 +103,19 @@ def stop_times(work, threads, runs, patch):
 
 
 def call_overhead(work, calls, runs, patch):
+    """ns per call, unpatched and patched, measured alternately on one target
+    (so that a drift of the machine touches both series alike)."""
     target = Proc([os.path.join(work, "target"), "1"])
-    diffs = []
+    unpatched, patched = [], []
     try:
         for _ in range(runs):
-            before = int(target.ask(f"calls {calls}").split()[0])
+            unpatched.append(int(target.ask(f"calls {calls}").split()[0]) / calls)
             hotpatch(str(target.pid), patch)
-            after = int(target.ask(f"calls {calls}").split()[0])
+            patched.append(int(target.ask(f"calls {calls}").split()[0]) / calls)
             hotpatch("revert", str(target.pid))
-            diffs.append((after - before) / calls)
     finally:
         target.close()
-    return diffs, before / calls
+    return unpatched, patched
 
 
 def thousand_functions(work, runs):
@@ -195,9 +196,12 @@ def main():
         for n, _, wall, _ in rows:
             print(f"{n:>8} threads: {stats(wall)}")
 
-        diffs, base = call_overhead(work, calls, max(3, runs // 3), patch)
-        print(f"\nper-call overhead of a patched function ({calls:,} calls; unpatched call {base:.2f} ns)")
-        print(f"  ns/call: {stats(diffs)}")
+        unpatched, patched = call_overhead(work, calls, runs, patch)
+        overhead = statistics.median(patched) - statistics.median(unpatched)
+        print(f"\nper-call overhead of a patched function ({calls:,} calls a run, {runs} runs of each, alternating)")
+        print(f"  unpatched ns/call: {stats(unpatched)}")
+        print(f"  patched ns/call:   {stats(patched)}")
+        print(f"  overhead (difference of the medians): {overhead:.2f} ns")
 
         build, walls, rss, stops = thousand_functions(work, max(2, runs // 5))
         print("\npatch replacing 1,000 functions")

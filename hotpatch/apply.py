@@ -406,9 +406,19 @@ def _revert(session: Session, patch_id: int | None, revert_all: bool, timeout: f
     # the others go while one thread unmaps them.
     session.group.detach_all(keep=session.syscall_thread())
     timings.mark("resumed", abortable=False)
+    unfreed = []
     for r in chosen:
-        session.syscall("munmap", r.base, r.size)
+        try:
+            timings.mark("unmapping")
+            session.syscall("munmap", r.base, r.size)
+        except HotpatchError as e:
+            if not session.alive():
+                raise
+            # The code is restored and the image unreachable: the revert
+            # stands; the memory stays until a later revert frees it.
+            unfreed.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": e.message})
     timings.mark("unmapped", abortable=False)
     session.group.detach_all()
     return {"status": "reverted", "pid": session.pid, "reverted": [r.id for r in chosen],
-            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": timings.marks}
+            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": timings.marks,
+            "unfreed": unfreed}

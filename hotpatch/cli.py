@@ -137,6 +137,9 @@ def run(args) -> int:
         report = ops.revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
         emit(args, report, f"reverted patch {', '.join(map(str, report['reverted']))} "
              f"({', '.join(report['patches'])}) in process {report['pid']}")
+        for u in report["unfreed"]:
+            sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
+                             f"({u['reason']}); it is unreachable; `hotpatch revert {report['pid']}` frees it\n")
     elif args.command == "list":
         from hotpatch import apply as ops
         patches = ops.list_patches(args.pid)

@@ -134,7 +134,11 @@ class Session:
 
     def syscall_thread(self) -> int:
         """The thread remote system calls run on: the leader, whose seccomp filter was checked."""
-        return self.pid if self.pid in self.group.tracees else next(iter(self.group.tracees))
+        if self.pid in self.group.tracees:
+            return self.pid
+        if not self.group.tracees:
+            raise TargetGone(f"no thread of process {self.pid} is left to make a system call")
+        return next(iter(self.group.tracees))
 
     def syscall(self, name: str, *args: int) -> int:
         """One remote syscall on a stopped thread (stopping one if none is), checked."""

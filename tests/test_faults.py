@@ -49,3 +49,23 @@ def test_fault_during_revert_keeps_patch(cc, spawn, step):
     assert t.ask("compute 5") == "51"
     assert hotpatch("revert", str(t.pid)).returncode == 0
     assert state(t, binary) == original
+
+
+def test_unmap_failing_after_revert_keeps_the_revert_and_a_later_revert_frees(cc, spawn):
+    # The jumps are gone and the other threads run again when the image is
+    # unmapped: a failure there cannot undo the revert; it leaves memory only.
+    binary = cc.program("target.c", "-fPIE", "-pie")
+    patch = cc.patch("patch_target.c", binary)
+    t = spawn(binary)
+    original = state(t, binary)
+    assert hotpatch(str(t.pid), patch).returncode == 0
+    r = hotpatch("revert", str(t.pid), "--json", env={"HOTPATCH_FAULT": "revert:unmapping"})
+    assert r.returncode == 0, r.stderr
+    assert "warning: the image of patch 1 stays mapped" in r.stderr and len(r.stderr.splitlines()) == 1
+    code, maps, traced = state(t, binary)
+    assert code == original[0] and traced == "0" and maps != original[1]
+    assert t.ask("compute 5") == "11"
+    listed = hotpatch("list", str(t.pid))
+    assert "inactive" in listed.stdout, listed.stdout
+    assert hotpatch("revert", str(t.pid)).returncode == 0
+    assert state(t, binary) == original

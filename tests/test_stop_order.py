@@ -3,6 +3,7 @@ shows running are interrupted last and resumed first; every thread is still
 stopped before anything is checked or written."""
 
 import os
+import time
 
 from hotpatch.target import ptrace as P
 from hotpatch.target.threads import STOP_CHUNK, STOPPED, ThreadGroup, running_threads, thread_name
@@ -16,7 +17,13 @@ def test_running_threads_are_those_at_work(cc, spawn):
     binary = cc.program("probe_threads.c", "-fPIE", "-pie")
     t = spawn([binary, "40"])     # main blocked in fgets, a spinning probe, 38 in pthread_cond_wait
     probe = next(tid for tid in tids_of(t.pid) if thread_name(t.pid, tid) == "probe")
-    assert running_threads(t.pid, tids_of(t.pid)) == {probe}
+    # "ready" comes before every idle thread has reached pthread_cond_wait:
+    # wait for them to block (each does so once, for good).
+    deadline = time.monotonic() + 10
+    while (seen := running_threads(t.pid, tids_of(t.pid))) != {probe} and time.monotonic() < deadline:
+        assert probe in seen
+        time.sleep(0.01)
+    assert seen == {probe}
 
 
 def test_running_threads_stop_last_and_resume_first(cc, spawn, monkeypatch):

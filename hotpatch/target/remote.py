@@ -67,7 +67,10 @@ class RemoteSyscalls:
     def _call(self, tid: int, name: str, *args: int) -> int:
         arch = self.arch
         t = self.group.tracees[tid]
-        saved = P.get_regs(tid, arch.regs_type)
+        try:
+            saved = P.get_regs(tid, arch.regs_type)
+        except P.ThreadGoneError as e:
+            raise TargetGone(f"thread {tid} exited before a remote {name}") from e
         args6 = (list(args) + [0] * 6)[:6]   # unused argument registers zeroed: what a seccomp filter sees
         hijacked = arch.hijack_for_syscall(saved, self.gadget, arch.syscall_numbers[name], args6)
         after = arch.after_syscall_insn(self.gadget)

@@ -90,6 +90,7 @@ class ThreadGroup:
         self.on_stop = None
         self.on_resume = None
         self.running_hint: set[int] = set()
+        self.partial = False   # some threads already detached: do not look for new ones
         self.signals_passed = 0
 
     # -- attach ---------------------------------------------------------
@@ -135,23 +136,26 @@ class ThreadGroup:
             for t in self.tracees.values():
                 t.hold = True
                 if t.state == RUNNING and not t.interrupted:
-                    t.interrupted = True
-                    (hinted if t.tid in self.running_hint else todo).append(t.tid)
+                    (hinted if t.tid in self.running_hint else todo).append(t)
             todo += hinted
             pending: list[int] = []
             for first in range(0, len(todo), STOP_CHUNK):
                 # Reap the chunks sent earlier (stopped by now, mostly) before
                 # sending the next: the wait below then has little left.
                 pending = self._reap(pending)
-                chunk = todo[first:first + STOP_CHUNK]
-                for tid in P.interrupt_each(chunk):
+                chunk = [t.tid for t in todo[first:first + STOP_CHUNK]]
+                gone = P.interrupt_each(chunk)
+                for t in todo[first:first + STOP_CHUNK]:
+                    t.interrupted = True
+                for tid in gone:
                     self._drop(tid)
                 pending += chunk
             self._pump_until(lambda: not self.running, deadline, "stop")
             # A thread cloned with CLONE_UNTRACED escapes PTRACE_O_TRACECLONE:
             # rescan, unless the kernel's thread count says every thread is ours
-            # (one small read instead of listing a thousand tasks).
-            if thread_count(self.pid) == len(self.tracees):
+            # (one small read instead of listing a thousand tasks). Once the
+            # others are detached (detach_all(keep=...)) there is nothing to find.
+            if self.partial or thread_count(self.pid) == len(self.tracees):
                 return
             before = len(self.tracees)
             self.seize_all()
@@ -225,9 +229,15 @@ class ThreadGroup:
             kept = self.tracees.get(keep)
             self.tracees.clear()
             self.running.clear()
-            self.waiter.poll()
             if kept is not None:
+                self.partial = True
                 self.tracees[keep] = kept
+                if kept.state != STOPPED:
+                    self.running.add(keep)
+            # Queued events: the detached threads' are stale, the kept one's counts.
+            for tid, status in self.waiter.poll():
+                if tid == keep:
+                    self._on_event(tid, status)
 
     # -- state --------------------------------------------------------
     def mark_running(self, t: Tracee) -> None:
