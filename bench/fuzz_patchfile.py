@@ -158,7 +158,7 @@ SCALES = [1000, 4000, 16000]   # externals of a scaled case: parsing 16,000 take
 
 def build_seeds(cc: str = "gcc") -> list[Seed]:
     """Real patch objects compiled the way `hotpatch build` does, each with plausible metadata."""
-    from hotpatch.build import compile_sources
+    from hotpatch.ops.build import compile_sources
     seeds = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, sources, cflags, replace, symbols, external) in enumerate(SEED_SPECS):

@@ -38,10 +38,10 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
     a.add_argument("--json", action="store_true")
 
-    b = sub.add_parser("build", help="compile patch sources for a target binary", epilog=EPILOG,
+    b = sub.add_parser("build", help="compile patch sources for a binary", epilog=EPILOG,
                        formatter_class=fmt)
     b.add_argument("sources", nargs="+", metavar="SOURCE.c")
-    b.add_argument("--target", required=True, help="the binary the process runs")
+    b.add_argument("--target", required=True, metavar="BINARY", help="the binary the process runs")
     b.add_argument("-o", "--output", required=True, help="patch file to write")
     b.add_argument("--cflags", default="", help="extra compiler flags (compiler: $CC, default gcc)")
     b.add_argument("--pick", action="append", default=[], metavar="NAME=FILE.c",
@@ -127,28 +127,28 @@ def emit(args, obj, text: str) -> None:
 
 def run(args) -> int:
     if args.command == "apply":
-        from hotpatch import apply as ops
-        report = ops.apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
+        from hotpatch.ops.apply import apply
+        report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
         emit(args, report, describe_apply(report))
     elif args.command == "revert":
-        from hotpatch import apply as ops
+        from hotpatch.ops.revert import revert
         if args.all and args.patch_id is not None:
             raise UsageError("give a PATCH_ID or --all, not both")
-        report = ops.revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
+        report = revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
         emit(args, report, f"reverted patch {', '.join(map(str, report['reverted']))} "
              f"({', '.join(report['patches'])}) in process {report['pid']}")
         for u in report["unfreed"]:
             sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
                              f"({u['reason']}); it is unreachable; `hotpatch revert {report['pid']}` frees it\n")
     elif args.command == "list":
-        from hotpatch import apply as ops
-        patches = ops.list_patches(args.pid)
+        from hotpatch.ops.listing import list_patches
+        patches = list_patches(args.pid)
         lines = [f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
                  f"functions: {names([f['name'] for f in p['functions']])}" for p in patches]
         emit(args, {"status": "ok", "pid": args.pid, "patches": patches},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
     elif args.command == "build":
-        from hotpatch.build import build
+        from hotpatch.ops.build import build
         picks = {}
         for item in args.pick:
             name, sep, file = item.partition("=")

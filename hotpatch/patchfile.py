@@ -9,7 +9,7 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 
-from hotpatch.elf import ELFFormatError
+from hotpatch.errors import ELFFormatError
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.errors import InvalidPatch
 

@@ -15,18 +15,9 @@ import signal
 import sys
 import time
 
-from hotpatch.errors import EXIT_INTERRUPTED, HotpatchError
+from hotpatch.errors import InjectedFault, Interrupted
 
 _requested: int | None = None
-
-
-class Interrupted(HotpatchError):
-    exit_code = EXIT_INTERRUPTED
-    kind = "interrupted"
-
-
-class InjectedFault(HotpatchError):
-    kind = "injected-fault"
 
 
 def _on_signal(signum, frame) -> None:

@@ -26,7 +26,7 @@ def test_usage_errors():
     r = hotpatch("--version")
     assert r.returncode == 0 and r.stdout.startswith("hotpatch ")
     r = hotpatch("-h")
-    assert r.returncode == 0 and "exit codes:" in r.stdout and "target busy" in r.stdout
+    assert r.returncode == 0 and "exit codes:" in r.stdout and "process busy" in r.stdout
 
 
 def test_missing_process(cc):

@@ -5,7 +5,7 @@ import shutil
 import sys
 import tempfile
 
-import hotpatch.apply  # noqa: F401  (imported before dropping privileges: the
+import hotpatch.ops.apply  # noqa: F401  (imported before dropping privileges: the
 import hotpatch.patchfile  # noqa: F401   interpreter's own files may be root-only)
 from hotpatch.cli import main
 

@@ -5,8 +5,8 @@ stopped before anything is checked or written."""
 import os
 import time
 
-from hotpatch.target import ptrace as P
-from hotpatch.target.threads import STOP_CHUNK, STOPPED, ThreadGroup, running_threads, thread_name
+from hotpatch.process import ptrace as P
+from hotpatch.process.threads import STOP_CHUNK, STOPPED, ThreadGroup, running_threads, thread_name
 
 
 def tids_of(pid):

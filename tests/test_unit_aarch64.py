@@ -11,9 +11,11 @@ import pytest
 from capstone import CS_ARCH_ARM64, CS_MODE_ARM, Cs
 from capstone.arm64 import ARM64_OP_IMM, ARM64_OP_MEM, ARM64_OP_REG
 
-from hotpatch.arch.aarch64 import (AArch64, FieldOverflow, RELOCATIONS, page, strip_pac,
-                                   user_pt_regs)
-from hotpatch.errors import FunctionTooShort, RelocationError
+from hotpatch.arch.aarch64 import AArch64
+from hotpatch.arch.aarch64.insn import page
+from hotpatch.arch.aarch64.registers import strip_pac, user_pt_regs
+from hotpatch.arch.aarch64.relocations import RELOCATIONS
+from hotpatch.errors import FieldOverflow, FunctionTooShort, RelocationError
 
 A64 = AArch64()
 CS = Cs(CS_ARCH_ARM64, CS_MODE_ARM)
@@ -123,9 +125,9 @@ def test_too_short(target, room):
 
 
 def test_misaligned_branch():
-    with pytest.raises(ValueError):
+    with pytest.raises(RelocationError, match="4-byte aligned"):
         A64.branch(SITE + 2, SITE + 0x100, room=16)
-    with pytest.raises(ValueError):
+    with pytest.raises(RelocationError, match="4-byte aligned"):
         A64.branch(SITE, SITE + 0x101, room=16)
 
 
@@ -144,9 +146,9 @@ def test_stub_far_slot_and_misalignment():
     slot = 0x7F00_0000_0010
     adrp, ldr, _, _ = decode(A64.stub(slot + 0xFFFF_F000, slot), slot + 0xFFFF_F000)   # ~4 GiB below
     assert imm(adrp) + mem_disp(ldr) == slot
-    with pytest.raises(ValueError):
+    with pytest.raises(RelocationError, match="out of adrp reach"):
         A64.stub(slot + GIB4 + 0x1000, slot)
-    with pytest.raises(ValueError):
+    with pytest.raises(RelocationError, match="misaligned"):
         A64.stub(0x40_1000, 0x40_0FF4)
 
 
@@ -202,7 +204,7 @@ def test_regs_layout_and_lr():
     regs.regs[30] = 0x3A00_5555_0000_1234   # a signed return address
     regs.pc, regs.sp = 0x5555_0000_2000, 0x7FFF_F000
     assert A64.pc(regs) == 0x5555_0000_2000 and A64.sp(regs) == 0x7FFF_F000
-    assert A64.code_pointers(regs) == [0x5555_0000_1234]
+    assert A64.thread_view(regs) == ((0x5555_0000_2000, 0x5555_0000_1234), 0x7FFF_F000, 1 << 64)
 
 
 def test_syscall_hijack():

@@ -9,7 +9,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from conftest import FIXTURES
 from hotpatch.arch import get_arch
-from hotpatch.build import compile_sources
+from hotpatch.ops.build import compile_sources
 from hotpatch.elf.relocatable import parse_relocatable
 from hotpatch.errors import RelocationError, SymbolNotFound
 from hotpatch.link.linker import PROT_EXEC, PROT_READ, PROT_WRITE, plan_layout

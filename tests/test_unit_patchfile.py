@@ -7,7 +7,7 @@ import pytest
 
 from conftest import FIXTURES
 from hotpatch import patchfile
-from hotpatch.build import compile_sources
+from hotpatch.ops.build import compile_sources
 from hotpatch.errors import InvalidPatch
 
 

@@ -6,8 +6,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from hotpatch.elf.dynamic import DynamicSymbols
-from hotpatch.target.maps import parse_maps
-from hotpatch.target.placement import HEAP_GROWTH_ROOM, candidate_addresses
+from hotpatch.process.maps import parse_maps
+from hotpatch.live.placement import HEAP_GROWTH_ROOM, candidate_addresses
 
 MAPS = """\
 555555554000-555555556000 r--p 00000000 fd:01 100 /usr/bin/svc

@@ -1,61 +1,104 @@
-"""The interface every architecture module implements."""
+"""The interface every architecture implements, and the values it hands back.
 
+Each architecture is a package with the same modules and function names
+(registers, syscall, insn, jumps, relocations); its Arch subclass only wires
+them together (staticmethods bound to those functions). Nothing here or there looks at the host: the architecture is a
+value chosen from an ELF header, so every architecture is testable anywhere.
+"""
+
+import abc
 import ctypes
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
-from hotpatch.link.reloc import RelocType
+from hotpatch.arch.reloc import RelocType
 
 
 @dataclass(frozen=True)
 class Branch:
-    """Bytes to write at `site` so that execution continues at `target`."""
+    """Bytes to write at `site` so that execution continues at `destination`."""
 
     site: int
     code: bytes
     form: str  # "near", "page" (aarch64 adrp) or "far": which encoding reached
 
 
-class Arch:
-    name: str
-    e_machine: int
-    regs_type: type[ctypes.Structure]
-    syscall_insn: bytes
-    syscall_insn_align: int
-    syscall_numbers: dict[str, int]
-    relocations: dict[int, RelocType]
-    got_reloc_types: set[int]   # dynamic relocations that fill a GOT slot (GLOB_DAT, JUMP_SLOT)
-    stub_size: int          # one call stub / veneer through a GOT slot
-    branch_reach: int       # distance the shortest jump reaches: where to place the image
-    fallback_reach: int | None = None   # a second, longer form worth placing for (aarch64 adrp)
-    near_branch_size: int   # smallest trampoline
-    far_branch_size: int    # trampoline reaching any address
+class ThreadView(NamedTuple):
+    """What the activeness check needs of a stopped thread (a tuple: built per thread in the stop).
 
-    # registers
+    code_pointers: pc first, then registers that may hold a live return
+    address (aarch64 LR); stack_end: an upper bound of its frames, or 2**64
+    (the end of its stack mapping then bounds them).
+    """
+    code_pointers: tuple[int, ...]
+    sp: int
+    stack_end: int
+
+
+class Arch(abc.ABC):
+    # ELF and kernel facts
+    name: ClassVar[str]
+    e_machine: ClassVar[int]
+    audit_arch: ClassVar[int]                 # AUDIT_ARCH_*: what a seccomp filter sees
+    regs_type: ClassVar[type[ctypes.Structure]]  # NT_PRSTATUS layout
+    syscall_insn: ClassVar[bytes]
+    syscall_insn_align: ClassVar[int]
+    syscall_numbers: ClassVar[dict[str, int]]
+    # linking
+    relocations: ClassVar[dict[int, RelocType]]
+    got_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a GOT slot
+    stub_size: ClassVar[int]                  # one call stub / veneer through a GOT slot
+    # jumps
+    branch_reach: ClassVar[int]               # distance the shortest jump reaches: where to place the image
+    fallback_reach: ClassVar[int | None]      # a second, longer form worth placing for (aarch64 adrp)
+    near_branch_size: ClassVar[int]           # smallest trampoline
+    far_branch_size: ClassVar[int]            # trampoline reaching any address
+    # toolchain and system layout (Debian multiarch)
+    cross_compiler: ClassVar[str]
+    library_dirs: ClassVar[tuple[str, ...]]
+
+    # -- registers ------------------------------------------------------
+    @abc.abstractmethod
     def pc(self, regs) -> int: ...
+
+    @abc.abstractmethod
     def sp(self, regs) -> int: ...
-    def code_pointers(self, regs) -> list[int]:
-        """Registers other than pc that may hold a live return address (aarch64 LR)."""
-        return []
-    def thread_view(self, regs) -> tuple[tuple[int, ...], int, int]:
-        """What the activeness check needs of a stopped thread, in one call:
-        ((pc, other code pointers), sp, an upper bound of its frames or 2**64:
-        the end of the stack mapping then bounds them)."""
-        return (self.pc(regs), *self.code_pointers(regs)), self.sp(regs), 1 << 64
-    def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]): ...
-    def syscall_result(self, regs) -> int: ...
+
+    @abc.abstractmethod
+    def thread_view(self, regs) -> ThreadView: ...
+
+    # -- system calls ---------------------------------------------------
+    @abc.abstractmethod
+    def hijack_for_syscall(self, regs, gadget: int, nr: int, args: list[int]):
+        """A copy of `regs` that runs system call `nr` at the instruction at `gadget`."""
+
+    @abc.abstractmethod
+    def syscall_result(self, regs) -> int:
+        """The return value, negative errno on failure."""
+
     def after_syscall_insn(self, gadget: int) -> int:
         return gadget + len(self.syscall_insn)
 
-    # code
+    # -- code -----------------------------------------------------------
+    @abc.abstractmethod
     def landing_pad(self, code: bytes) -> int:
         """Bytes at a function entry that must stay (endbr64, bti c)."""
-        return 0
+
+    @abc.abstractmethod
     def entry_rewrite(self, code: bytes) -> bytes:
-        """What the landing pad becomes once the jump follows it (aarch64: paciasp -> bti c)."""
-        return code[:self.landing_pad(code)]
+        """What the landing pad becomes once the jump follows it, len == landing_pad(code)."""
+
+    @abc.abstractmethod
     def padding_length(self, code: bytes) -> int:
         """Leading bytes of `code` that are alignment padding, never executed."""
-        return 0
-    def branch(self, site: int, target: int, room: int) -> Branch: ...
-    def in_branch_reach(self, site: int, target: int) -> bool: ...
-    def stub(self, stub_addr: int, slot_addr: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def in_branch_reach(self, site: int, destination: int) -> bool: ...
+
+    @abc.abstractmethod
+    def branch(self, site: int, destination: int, room: int) -> Branch:
+        """The shortest jump that reaches and fits in `room` bytes, else FunctionTooShort."""
+
+    @abc.abstractmethod
+    def stub(self, stub_addr: int, slot_addr: int) -> bytes:
+        """A call stub (veneer) at stub_addr jumping through the GOT slot at slot_addr."""

@@ -10,8 +10,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run_demo(out=sys.stdout) -> int:
-    from hotpatch import apply as ops
-    from hotpatch.build import build
+    from hotpatch.ops.apply import apply
+    from hotpatch.ops.build import build
+    from hotpatch.ops.listing import list_patches
+    from hotpatch.ops.revert import revert
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -37,16 +39,16 @@ def run_demo(out=sys.stdout) -> int:
             ask("bob")
             say(f"3. hotpatch {proc.pid} fix.hp")
             t0 = time.perf_counter()
-            report = ops.apply(proc.pid, patch)
+            report = apply(proc.pid, patch)
             t = report["timings_ms"]
             say(f"   applied patch {report['id']}: greet() replaced in {1000 * (time.perf_counter() - t0):.0f} ms; "
                 f"service stopped for {t['resumed'] - t['stopping']:.2f} ms")
             patched = ask("carol")
             say(f"4. hotpatch list {proc.pid}")
-            for p in ops.list_patches(proc.pid):
+            for p in list_patches(proc.pid):
                 say(f"   {p['id']}  {p['status']}  {p['patch']}  {', '.join(f['name'] for f in p['functions'])}")
             say(f"5. hotpatch revert {proc.pid}")
-            ops.revert(proc.pid)
+            revert(proc.pid)
             reverted = ask("dave")
             ok = "patched" in patched and "patched" not in reverted and "(request 4)" in reverted
             say("the service kept its state (request counter) through patch and revert; demo "

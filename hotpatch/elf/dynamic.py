@@ -9,7 +9,7 @@ import struct
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from hotpatch.elf import ELFFormatError
+from hotpatch.errors import ELFFormatError
 
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from hotpatch.elf import ELFFormatError
+from hotpatch.errors import ELFFormatError
 
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 PT_LOAD, PT_DYNAMIC, PT_NOTE = 1, 2, 4

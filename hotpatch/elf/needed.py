@@ -10,11 +10,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-LIB_DIRS = {
-    "x86_64": ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"],
-    "aarch64": ["/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/aarch64-linux-gnu/lib"],
-}
-COMMON_DIRS = ["/lib", "/usr/lib", "/usr/local/lib"]
+from hotpatch.errors import ELFFormatError
+
+COMMON_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
 
 
 def _dynamic(path: str) -> tuple[list[str], list[str]]:
@@ -32,14 +30,18 @@ def _dynamic(path: str) -> tuple[list[str], list[str]]:
     return needed, runpath
 
 
-def needed_closure(binary: str, arch: str) -> tuple[list[str], list[str]]:
-    """(paths found, names not found), breadth-first like ld.so's search order."""
+def needed_closure(binary: str, library_dirs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(paths found, names not found), breadth-first like ld.so's search order.
+
+    library_dirs: the architecture's own directories (Arch.library_dirs),
+    searched after the binary's runpath and before the common ones.
+    """
     found, missing, seen = [], [], set()
     try:
         queue, runpath = _dynamic(binary)
-    except (ELFError, OSError, ValueError):
-        return [], []
-    dirs = runpath + LIB_DIRS.get(arch, []) + COMMON_DIRS
+    except (ELFError, OSError, ValueError) as e:
+        raise ELFFormatError(f"cannot read the dynamic section of {binary}: {e}") from e
+    dirs = [*runpath, *library_dirs, *COMMON_DIRS]
     while queue:
         name = queue.pop(0)
         if name in seen:
@@ -52,6 +54,7 @@ def needed_closure(binary: str, arch: str) -> tuple[list[str], list[str]]:
         found.append(path)
         try:
             queue += _dynamic(path)[0]
-        except (ELFError, OSError, ValueError):
-            pass
+        except (ELFError, OSError, ValueError) as e:
+            # Its own needs are unknown: the caller cannot vouch for a name then.
+            missing.append(f"{name}'s dependencies ({e})")
     return found, missing

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from hotpatch.elf import ELFFormatError
+from hotpatch.errors import ELFFormatError
 from hotpatch.elf.image import MACHINE_NAMES
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from hotpatch.elf import ELFFormatError
+from hotpatch.errors import ELFFormatError
 from hotpatch.elf.image import ElfImage
 
 DEFAULT_DEBUG_DIRS = ("/usr/lib/debug",)

@@ -16,10 +16,10 @@ from typing import Callable
 from hotpatch.arch.base import Arch
 from hotpatch.elf.relocatable import (SHF_EXECINSTR, SHF_TLS, SHF_WRITE, SHT_NOBITS,
                                       RelocatableObject, Section)
-from hotpatch.errors import InvalidPatch, RelocationError, SymbolNotFound
-from hotpatch.link.reloc import FieldOverflow, check_field_bounds
+from hotpatch.arch.reloc import check_field_bounds
+from hotpatch.errors import FieldOverflow, InvalidPatch, RelocationError, SymbolNotFound
+from hotpatch.linux import PROT_EXEC, PROT_READ, PROT_WRITE
 
-PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 
 # Sections a patch may carry but that have no place in the image.
 _SKIPPED_TYPES = {7, 17, 0x70000001, 0x6ffffff5, 0x6fff4c03}  # NOTE, GROUP, X86_64_UNWIND, GNU_ATTRIBUTES, LLVM_ADDRSIG

@@ -18,6 +18,8 @@ is the filter's 32-bit return value: the action in the high 16 bits, data
 import struct
 from dataclasses import dataclass
 
+from hotpatch.errors import SeccompFilterError as FilterError
+
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
 SECCOMP_RET_TRAP = 0x00030000
@@ -70,10 +72,6 @@ SECCOMP_OPCODES = frozenset(
     | {BPF_JMP | op | src for op in COND_JUMPS for src in (BPF_K, BPF_X)})
 
 Instruction = tuple[int, int, int, int]
-
-
-class FilterError(ValueError):
-    """A program the kernel would not have installed: it cannot be judged, so it forbids."""
 
 
 @dataclass(frozen=True)

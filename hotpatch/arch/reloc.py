@@ -1,7 +1,8 @@
-"""Relocation types as data: what each computes and how it is stored.
+"""Relocation types as data, and the generic bases they are built from.
 
-An architecture's table maps ELF r_type numbers to RelocType values, so the
-table itself shows what is supported. An out-of-range value is an error, never
+An architecture's table (arch/<name>/relocations.py) maps ELF r_type numbers
+to RelocType values named exactly after the ABI constants, so the table shows
+what is covered and what is refused. An out-of-range value is an error, never
 a silent wrap: a wrong branch in a live service is a crash.
 """
 
@@ -9,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from hotpatch.errors import RelocationError
+from hotpatch.errors import FieldOverflow, RelocationError
 
 # value = compute(S, A, P, G): symbol, addend, place, GOT slot of the symbol.
 Compute = Callable[[int, int, int, int], int]
@@ -28,10 +29,6 @@ class RelocType:
     refusal: str | None = None  # a known type we do not support, and what to do instead
 
 
-class FieldOverflow(ValueError):
-    pass
-
-
 def int_field(width: int, signed: bool) -> Store:
     bits = width * 8
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
@@ -45,7 +42,7 @@ def int_field(width: int, signed: bool) -> Store:
 
 
 def truncating_field(width: int) -> Store:
-    """For fields defined to wrap (R_X86_64_64 of a 64-bit address)."""
+    """For fields defined to wrap (a 64-bit address in a 64-bit field)."""
     fmt = {4: "I", 8: "Q"}[width]
     mask = (1 << (width * 8)) - 1
 
@@ -54,20 +51,25 @@ def truncating_field(width: int) -> Store:
     return store
 
 
+# The formulas, in the ABI documents' notation.
+
 def absolute(s: int, a: int, p: int, g: int) -> int:
+    """S + A"""
     return s + a
 
 
 def pc_relative(s: int, a: int, p: int, g: int) -> int:
+    """S + A - P"""
     return s + a - p
 
 
 def got_pc_relative(s: int, a: int, p: int, g: int) -> int:
+    """G + GOT + A - P (x86-64 psABI): the slot's address, the addend applied to the place."""
     return g + a - p
 
 
 def unsupported(name: str, why: str) -> RelocType:
-    """A known type we refuse (at layout, before any target is touched), with the reason."""
+    """A known type we refuse (at layout, before any process is touched), with the reason."""
     def refuse(s: int, a: int, p: int, g: int) -> int:
         raise RelocationError(f"relocation {name} is not supported: {why}")
     return RelocType(name, refuse, int_field(1, False), 1, refusal=why)

@@ -1,4 +1,4 @@
-"""Target memory through /proc/PID/mem.
+"""A process's memory through /proc/PID/mem.
 
 pwrite to /proc/PID/mem writes even read-only and r-x private mappings (the
 kernel makes a private copy), so code is written without ever making a
@@ -11,7 +11,7 @@ import errno
 import itertools
 import os
 
-from hotpatch.errors import TargetGone, TraceError
+from hotpatch.errors import ProcessGone, TraceError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _process_vm_readv = _libc.process_vm_readv
@@ -19,6 +19,7 @@ _process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, cty
                               ctypes.c_ulong, ctypes.c_ulong]
 _process_vm_readv.restype = ctypes.c_ssize_t
 IOV_MAX = 1024
+UNMAPPED_ERRNOS = (errno.EIO, errno.EFAULT)
 
 
 class Memory:
@@ -27,7 +28,7 @@ class Memory:
         try:
             self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError as e:
-            raise TargetGone(f"process {pid} does not exist") from e
+            raise ProcessGone(f"process {pid} does not exist") from e
         except PermissionError as e:
             raise TraceError(f"cannot open the memory of process {pid}: permission denied",
                              "run as root or as the process's owner") from e
@@ -46,11 +47,18 @@ class Memory:
             raise TraceError(f"short read of {size} bytes at {address:#x} in process {self.pid}")
         return data
 
-    def read_upto(self, address: int, size: int) -> bytes:
+    def read_available(self, address: int, size: int) -> bytes:
+        """What is readable of [address, address+size): up to the first unmapped byte, maybe b"".
+
+        Only "not mapped here" (EIO, EFAULT) gives a short answer; any other
+        failure (the process gone, permission) raises.
+        """
         try:
             return os.pread(self.fd, size, address)
-        except OSError:
-            return b""
+        except OSError as e:
+            if e.errno in UNMAPPED_ERRNOS and os.path.exists(f"/proc/{self.pid}"):
+                return b""
+            raise self._error("read", address, size, e) from e
 
     def read_joined(self, ranges: list[tuple[int, int]], into: bytearray | None = None) -> tuple[bytearray, list[int]]:
         """Several ranges one after another in one buffer, and where each begins in it.
@@ -82,7 +90,7 @@ class Memory:
                 continue
             for i in range(first, first + count):
                 address, size = ranges[i]
-                buf[starts[i]:starts[i] + size] = self.read_upto(address, size).ljust(size, b"\0")
+                buf[starts[i]:starts[i] + size] = self.read_available(address, size).ljust(size, b"\0")
         return buf, starts
 
     def write(self, address: int, data: bytes) -> None:
@@ -95,7 +103,7 @@ class Memory:
 
     def _error(self, what: str, address: int, size: int, e: OSError) -> Exception:
         if e.errno == errno.ESRCH or not os.path.exists(f"/proc/{self.pid}"):
-            return TargetGone(f"process {self.pid} exited")
+            return ProcessGone(f"process {self.pid} exited")
         if e.errno in (errno.EPERM, errno.EACCES):
             return TraceError(f"cannot {what} memory of process {self.pid} (kernel proc_mem.force_override?)")
         return TraceError(f"cannot {what} {size} bytes at {address:#x} in process {self.pid}: {e.strerror}")

@@ -12,13 +12,15 @@ sender), exactly once; it is then interrupted again. A thread in group-stop
 stays stopped, and detach leaves it stopped.
 """
 
+import contextlib
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from hotpatch.errors import TargetGone, TraceError
-from hotpatch.target import ptrace as P
+from hotpatch.errors import ProcessGone, ThreadGone, TraceError
+from hotpatch.process import ptrace as P
 
 RUNNING, STOPPED = "running", "stopped"
 STOP_CHUNK = 64   # threads interrupted between two reaps
@@ -32,15 +34,16 @@ class Tracee:
     hold: bool = False          # we want it stopped
     interrupted: bool = False   # INTERRUPT sent, stop not seen yet
     group_stop: bool = False
-    stepping: bool = False      # events go to `events` for the remote-syscall code
+    stepping: bool = False      # events go to `events`, for single_step()
     events: list[int] = field(default_factory=list)
+    view: Any = None            # thread_view(registers) read as its held stop arrived; None while running
 
 
 def list_tids(pid: int) -> list[int]:
     try:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError as e:
-        raise TargetGone(f"process {pid} exited") from e
+        raise ProcessGone(f"process {pid} exited") from e
 
 
 def thread_count(pid: int) -> int | None:
@@ -77,7 +80,15 @@ def thread_name(pid: int, tid: int) -> str:
 
 
 class ThreadGroup:
-    def __init__(self, pid: int, waiter: P.Waiter, stop_timeout: float = 5.0):
+    """Every thread of one process, seized; their ptrace state is kept here and only here.
+
+    `thread_view` turns a thread's registers into what the caller needs of it
+    (Arch.thread_view): it is applied as each held stop arrives, overlapping
+    the kernel still stopping the others, and kept in Tracee.view.
+    """
+
+    def __init__(self, pid: int, waiter: P.Waiter, regs_type=None,
+                 thread_view: Callable[[Any], Any] | None = None, stop_timeout: float = 5.0):
         self.pid = pid
         self.waiter = waiter
         self.stop_timeout = stop_timeout
@@ -85,10 +96,8 @@ class ThreadGroup:
         self.running: set[int] = set()   # tracees not in a ptrace-stop: O(1) "all stopped?"
         self.hold_new = False
         self.gone = False
-        # Called with each tid as it reaches a held stop / leaves it: lets the
-        # caller read registers while the kernel is still stopping the others.
-        self.on_stop = None
-        self.on_resume = None
+        self._regs = P.RegsReader(regs_type) if regs_type is not None else None
+        self._thread_view = thread_view
         self.running_hint: set[int] = set()
         self.partial = False   # some threads already detached: do not look for new ones
         self.signals_passed = 0
@@ -104,10 +113,10 @@ class ThreadGroup:
             for tid in new:
                 try:
                     P.seize(tid)
-                except P.ThreadGoneError:
+                except ThreadGone:
                     gone.add(tid)
                     if tid == self.pid:
-                        raise TargetGone(f"process {self.pid} exited")
+                        raise ProcessGone(f"process {self.pid} exited")
                     continue
                 except TraceError:
                     # Born of a seized thread, it is ours already (PTRACE_O_TRACECLONE)
@@ -118,18 +127,21 @@ class ThreadGroup:
                 if self.hold_new:
                     self._interrupt(self.tracees[tid])
         if self.pid not in self.tracees:
-            raise TargetGone(f"process {self.pid} exited")
+            raise ProcessGone(f"process {self.pid} exited")
 
     # -- stopping -------------------------------------------------------
-    def stop_all(self, timeout: float | None = None) -> None:
+    def stop_all(self, timeout: float | None = None, running_hint: set[int] | None = None) -> None:
         """Interrupt every thread and wait until each is in a ptrace-stop.
 
         Threads in `running_hint` (seen running just before) are interrupted
-        last: a thread at work notices a stop, one blocked in a system call
-        does not unless it is woken meanwhile. Stops are reaped and reported
-        (on_stop) while later threads are still being interrupted.
+        last and resumed first: a thread at work notices a stop, one blocked
+        in a system call does not unless it is woken meanwhile. Stops are
+        reaped (their registers read) while later threads are still being
+        interrupted.
         """
         deadline = time.monotonic() + (timeout or self.stop_timeout)
+        if running_hint is not None:
+            self.running_hint = running_hint
         self.hold_new = True
         while True:
             todo, hinted = [], []
@@ -185,7 +197,7 @@ class ThreadGroup:
         self._pump_until(lambda: t.state == STOPPED or tid not in self.tracees,
                          time.monotonic() + self.stop_timeout, "stop")
         if tid not in self.tracees:
-            raise TargetGone(f"thread {tid} of process {self.pid} exited")
+            raise ThreadGone(tid)
 
     def stopped_tids(self, usable_only: bool = True) -> list[int]:
         """Threads in a ptrace-stop; usable_only leaves out those held in group-stop."""
@@ -239,12 +251,66 @@ class ThreadGroup:
                 if tid == keep:
                     self._on_event(tid, status)
 
-    # -- state --------------------------------------------------------
-    def mark_running(self, t: Tracee) -> None:
-        """For code that resumed a tracee itself (remote syscalls delivering a signal)."""
+    def view(self, tid: int):
+        """thread_view of a held, stopped thread (read now if its stop predates the reader)."""
+        t = self.tracees.get(tid)
+        if t is None or t.state != STOPPED:
+            return None
+        if t.view is None:
+            self._read_view(t)
+        return t.view
+
+    # -- single-stepping (remote system calls) ---------------------------
+    @contextlib.contextmanager
+    def stepping(self, tid: int):
+        """Route the events of a stopped thread to single_step() instead of the stop logic."""
+        t = self.tracees[tid]
+        t.stepping = True
+        try:
+            yield
+        finally:
+            t.stepping = False
+            t.events.clear()
+
+    def single_step(self, tid: int, deadline: float) -> int | None:
+        """Step a stopped thread over one instruction: its next raw wait status, None if it exited."""
+        t = self.tracees[tid]
+        P.singlestep(tid)
+        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "single-step")
+        return t.events.pop(0) if t.events else None
+
+    def deliver_signal(self, tid: int, sig: int) -> None:
+        """Let a stepping thread take `sig` (on registers the caller restored), then stop it again."""
+        t = self.tracees[tid]
+        t.stepping = False
+        self.signals_passed += 1
+        P.cont(tid, sig)
         self._set_state(t, RUNNING)
         t.interrupted = False
+        self.stop_thread(tid)
+        t.stepping = True
 
+    def back_to_group_stop(self, tid: int, deadline: float) -> None:
+        """Leave a stepping thread of a SIGSTOPped process in group-stop again.
+
+        After a single-step its last stop is a SIGTRAP trap, and PTRACE_LISTEN
+        (which keeps it stopped) only follows an event-stop. An interrupt taken
+        while the group is stopped reports as that group-stop.
+        """
+        t = self.tracees[tid]
+        P.interrupt(tid)
+        P.cont(tid)
+        while True:
+            self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "stop")
+            if not t.events:
+                raise ThreadGone(tid)
+            status = t.events.pop(0)
+            if status >> 16 == P.PTRACE_EVENT_STOP:
+                t.group_stop = os.WSTOPSIG(status) in P.STOP_SIGNALS
+                return
+            P.cont(tid, os.WSTOPSIG(status))   # a signal on the way: the kernel delivers it
+
+    # -- state --------------------------------------------------------
     def _add(self, tid: int) -> Tracee:
         t = self.tracees[tid] = Tracee(tid, hold=self.hold_new)
         self.running.add(tid)
@@ -253,30 +319,30 @@ class ThreadGroup:
     def _drop(self, tid: int) -> None:
         self.tracees.pop(tid, None)
         self.running.discard(tid)
-        if self.on_resume:
-            self.on_resume(tid)
 
     def _set_state(self, t: Tracee, state: str) -> None:
         t.state = state
         if state == STOPPED:
             self.running.discard(t.tid)
         else:
-            if self.on_resume:
-                self.on_resume(t.tid)
+            t.view = None
             if t.tid in self.tracees:
                 self.running.add(t.tid)
 
-    # -- events ---------------------------------------------------------
-    def wait_step(self, t: Tracee, deadline: float) -> int | None:
-        """Next raw wait status of a single-stepping thread (None: it exited)."""
-        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "single-step")
-        return t.events.pop(0) if t.events else None
+    def _read_view(self, t: Tracee) -> None:
+        if self._regs is None or self._thread_view is None:
+            return
+        try:
+            t.view = self._thread_view(self._regs.read(t.tid))
+        except ThreadGone:
+            self._drop(t.tid)
 
+    # -- events ---------------------------------------------------------
     def _interrupt(self, t: Tracee) -> None:
         try:
             P.interrupt(t.tid)
             t.interrupted = True
-        except P.ThreadGoneError:
+        except ThreadGone:
             self._drop(t.tid)
 
     def _resume(self, t: Tracee) -> None:
@@ -287,7 +353,7 @@ class ThreadGroup:
                 P.cont(t.tid)
             self._set_state(t, RUNNING)
             t.interrupted = False
-        except P.ThreadGoneError:
+        except ThreadGone:
             self._drop(t.tid)
 
     def _pump_until(self, done, deadline: float, what: str) -> None:
@@ -296,7 +362,7 @@ class ThreadGroup:
             for tid, status in events:
                 self._on_event(tid, status)
             if self.gone:
-                raise TargetGone(f"process {self.pid} exited")
+                raise ProcessGone(f"process {self.pid} exited")
             if not events and time.monotonic() >= deadline:
                 stuck = [t.tid for t in self.tracees.values() if t.state != STOPPED]
                 raise TraceError(
@@ -333,7 +399,7 @@ class ThreadGroup:
                 child = P.get_event_msg(tid)
                 if child not in self.tracees:
                     self._add(child)
-            except P.ThreadGoneError:
+            except ThreadGone:
                 pass
             self._stopped(t)
         elif event:
@@ -343,7 +409,7 @@ class ThreadGroup:
             self.signals_passed += 1
             try:
                 P.cont(tid, sig)
-            except P.ThreadGoneError:
+            except ThreadGone:
                 self._drop(tid)
                 return
             self._set_state(t, RUNNING)
@@ -356,5 +422,5 @@ class ThreadGroup:
         self._set_state(t, STOPPED)
         if not t.hold:
             self._resume(t)
-        elif self.on_stop:
-            self.on_stop(t.tid)
+        else:
+            self._read_view(t)

@@ -3,7 +3,7 @@
 import bisect
 from dataclasses import dataclass
 
-from hotpatch.errors import TargetGone, TraceError
+from hotpatch.errors import ProcessGone, TraceError
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def read_maps(pid: int) -> list[Mapping]:
         with open(f"/proc/{pid}/maps") as f:
             return parse_maps(f.read())
     except FileNotFoundError as e:
-        raise TargetGone(f"process {pid} does not exist") from e
+        raise ProcessGone(f"process {pid} does not exist") from e
     except PermissionError as e:
         raise TraceError(f"cannot read /proc/{pid}/maps: permission denied",
                          "run as root or as the process's owner") from e

@@ -1,19 +1,27 @@
-"""The record of an applied patch, kept in the target itself.
+"""The record of an applied patch, kept in the process itself: written, found and parsed here.
 
 Each patch image starts with a read-only header page holding a magic, the
 name given to the mapping, and a JSON record: which functions were switched,
 the bytes that were there before, the bytes written. `list` and `revert` read
 it back from any later hotpatch process, so nothing lives on the patcher's side.
+
+Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | pad | JSON at 64.
 """
 
 import json
 import struct
 from dataclasses import asdict, dataclass
 
+from hotpatch.errors import HotpatchError
+from hotpatch.process.maps import Mapping
+from hotpatch.process.memory import Memory
+
 MAGIC = b"\x7fHOTPATCH-RECORD"
 NAME_OFFSET, NAME_SIZE = 16, 32
+LENGTH_OFFSET = 48
 JSON_OFFSET = 64
 _LEN = struct.Struct("<I")
+VMA_NAME_PREFIX = "[anon:hotpatch:"
 MAX_BYTES_HEX = 2 * 32
 
 
@@ -48,9 +56,9 @@ class PatchRecord:
         out = bytearray(size)
         out[:16] = MAGIC
         out[NAME_OFFSET:NAME_OFFSET + len(name)] = name
-        out[48:52] = _LEN.pack(len(body))
+        _LEN.pack_into(out, LENGTH_OFFSET, len(body))
         if JSON_OFFSET + len(body) > size:
-            raise ValueError("record does not fit its header")
+            raise HotpatchError(f"internal: a record of {len(body)} bytes does not fit its {size}-byte header")
         out[JSON_OFFSET:JSON_OFFSET + len(body)] = body
         return bytes(out)
 
@@ -61,7 +69,7 @@ class PatchRecord:
     def from_header(cls, data: bytes) -> "PatchRecord | None":
         if len(data) < JSON_OFFSET or data[:16] != MAGIC:
             return None
-        (length,) = _LEN.unpack_from(data, 48)
+        (length,) = _LEN.unpack_from(data, LENGTH_OFFSET)
         body = data[JSON_OFFSET:JSON_OFFSET + length]
         try:
             raw = json.loads(body)
@@ -92,3 +100,26 @@ def original_view(records: list[PatchRecord], address: int, current: bytes) -> b
             if lo < hi:
                 view[lo - address:hi - address] = saved[lo - f.site:hi - f.site]
     return bytes(view)
+
+
+def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
+    """Every patch record in the process, oldest first: read-only anonymous mappings starting with MAGIC."""
+    records = []
+    for m in maps:
+        if not (m.anonymous and m.perms.startswith("r-") and m.offset == 0):
+            continue
+        if m.path and not m.path.startswith(VMA_NAME_PREFIX):
+            continue
+        head = mem.read_available(m.start, JSON_OFFSET)
+        if len(head) < JSON_OFFSET or head[:len(MAGIC)] != MAGIC:
+            continue
+        (length,) = _LEN.unpack_from(head, LENGTH_OFFSET)
+        record = PatchRecord.from_header(mem.read_available(m.start, JSON_OFFSET + length))
+        if record is not None and record.base == m.start:
+            records.append(record)
+    return sorted(records, key=lambda r: r.id)
+
+
+def is_active(record: PatchRecord, mem: Memory) -> bool:
+    """Every site still holds the jump this record wrote."""
+    return all(mem.read_available(f.site, len(f.written) // 2).hex() == f.written for f in record.functions)

@@ -1,6 +1,6 @@
 """Where to map a patch image: a free hole within branch reach of the patched module."""
 
-from hotpatch.target.maps import Mapping
+from hotpatch.process.maps import Mapping
 
 MMAP_MIN_ADDR = 0x10000
 USER_TOP = 0x7FFF_FFFF_F000

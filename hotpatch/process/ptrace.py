@@ -13,7 +13,7 @@ import time
 
 from ptrace.binding.func import _ptrace as _libc_ptrace  # python-ptrace's raw ctypes binding
 
-from hotpatch.errors import TargetGone, TraceError
+from hotpatch.errors import ThreadGone, TraceError
 
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
@@ -40,10 +40,6 @@ class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-class ThreadGoneError(Exception):
-    """ESRCH: the thread exited (or is not stopped) under us."""
-
-
 _FAILED = ctypes.c_ulong(-1).value
 
 
@@ -62,7 +58,7 @@ def _raise_errno(request: int, tid: int) -> None:
     if err == 0:
         return
     if err == errno.ESRCH or (err == errno.EPERM and not _thread_alive(tid)):
-        raise ThreadGoneError(tid)   # a dying thread answers EPERM to PTRACE_SEIZE
+        raise ThreadGone(tid)   # a dying thread answers EPERM to PTRACE_SEIZE
     if err == errno.EPERM:
         raise TraceError(f"ptrace on thread {tid} was refused (EPERM)", permission_remedy(tid))
     raise TraceError(f"ptrace request {request:#x} on thread {tid} failed: {os.strerror(err)}")
@@ -120,7 +116,7 @@ def interrupt_each(tids) -> list[int]:
         if raw(PTRACE_INTERRUPT, tid, 0, 0) == failed:
             try:
                 _raise_errno(PTRACE_INTERRUPT, tid)
-            except ThreadGoneError:
+            except ThreadGone:
                 gone.append(tid)
     return gone
 
@@ -243,8 +239,3 @@ class Waiter:
             if remaining <= 0:
                 return []
             signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.1))
-
-
-def ensure_alive(pid: int) -> None:
-    if not os.path.exists(f"/proc/{pid}"):
-        raise TargetGone(f"process {pid} does not exist")

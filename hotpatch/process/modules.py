@@ -3,12 +3,13 @@
 import os
 from dataclasses import dataclass
 
-from hotpatch.elf import ELFFormatError
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage, load_bias
-from hotpatch.errors import SymbolNotFound, TraceError
-from hotpatch.target.maps import Mapping
-from hotpatch.target.memory import Memory
+from hotpatch.errors import ELFFormatError, SymbolNotFound, TraceError
+from hotpatch.process.maps import Mapping
+from hotpatch.process.memory import Memory
+
+ELF_MAGIC = b"\x7fELF"
 
 
 @dataclass
@@ -22,8 +23,18 @@ class Module:
     file_mapping: Mapping
 
 
-def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> list[Module]:
-    """ELF files mapped in the process, the main executable first, then in address order."""
+@dataclass
+class LoadedModules:
+    modules: list[Module]            # the main executable first, then in address order
+    unreadable: dict[str, str]       # path: why its ELF headers could not be read
+
+
+def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> LoadedModules:
+    """ELF files mapped in the process.
+
+    A mapped file that is not ELF (a locale archive, a font) is no module; an
+    ELF file whose headers cannot be read is reported, never dropped silently.
+    """
     by_path: dict[str, list[Mapping]] = {}
     for m in maps:
         if m.path.startswith("/") and m.inode:
@@ -32,20 +43,21 @@ def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> list[Module]:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = None
-    modules = []
+    modules, unreadable = [], {}
     for path, ms in by_path.items():
         first = next((m for m in ms if m.offset == 0), None)
-        if first is None or not first.readable:
+        if first is None or not first.readable or mem.read_available(first.start, 4) != ELF_MAGIC:
             continue
         try:
             image = ElfImage.from_memory_reader(mem.read, first.start)
             bias = load_bias(first.start, image.phdrs)
-        except (ELFFormatError, TraceError):
+        except (ELFFormatError, TraceError) as e:
+            unreadable[path] = e.message
             continue
         modules.append(Module(path, min(m.start for m in ms), max(m.end for m in ms),
                               first.start, image, bias, first))
     modules.sort(key=lambda mod: (mod.path != exe, mod.start))
-    return modules
+    return LoadedModules(modules, unreadable)
 
 
 def module_file(pid: int, module: Module) -> str:
@@ -64,16 +76,19 @@ class ProcessSymbols:
         self.pid, self.modules, self.mem = pid, modules, mem
         self.got_reloc_types = got_reloc_types
         self._tables: dict[str, DynamicSymbols | None] = {}
+        self.unreadable: dict[str, str] = {}   # module path: why its symbols could not be read
 
     def _table(self, module: Module) -> DynamicSymbols | None:
         if module.path not in self._tables:
             try:
                 self._tables[module.path] = DynamicSymbols.from_path(module_file(self.pid, module))
-            except ELFFormatError:
+            except ELFFormatError as e:
                 self._tables[module.path] = None
+                self.unreadable[module.path] = e.message
         return self._tables[module.path]
 
     def resolve(self, name: str) -> int | None:
+        """Address of `name`, or None when no module defines it (and every module could be read)."""
         for module in self.modules:
             table = self._table(module)
             found = table.lookup(name) if table else None
@@ -83,6 +98,10 @@ class ProcessSymbols:
             if is_ifunc:
                 return self._bound_ifunc(name, module)
             return module.bias + value
+        if self.unreadable:
+            path, why = next(iter(self.unreadable.items()))
+            raise SymbolNotFound(f"{name} was not found, and the symbols of {path} could not be read: {why}",
+                                 "check that the process's libraries are intact")
         return None
 
     def _bound_ifunc(self, name: str, defining: Module) -> int:

@@ -1,9 +1,9 @@
-"""`hotpatch build`: compile patch sources against a target binary into a patch file.
+"""`hotpatch build`: compile patch sources against a binary into a patch file.
 
 Everything that can be decided without the process is decided here, so that
 apply has little to do and a bad patch fails before any service is touched:
 which functions are replaced, the expected original bytes, and which symbols
-bind to the target (static ones included).
+bind to the binary (static ones included).
 """
 
 import hashlib
@@ -15,36 +15,32 @@ import sys
 import tempfile
 
 from hotpatch import patchfile
-from hotpatch.arch import get_arch
-from hotpatch.elf import ELFFormatError
+from hotpatch.arch import arch_for_machine, get_arch
+from hotpatch.arch.base import Arch
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
 from hotpatch.elf.needed import needed_closure
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
-from hotpatch.errors import AmbiguousSymbol, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
+from hotpatch.errors import (AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound,
+                             UsageError)
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
 # -ffunction-sections keeps each function apart for the linker; no unwind
-# tables, because the image has no .eh_frame registration in the target.
+# tables, because the image has no .eh_frame registration in the process.
 BASE_CFLAGS = ["-c", "-O2", "-fPIC", "-fno-common", "-ffunction-sections", "-fdata-sections",
                "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-ident"]
-CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "x86_64": "x86_64-linux-gnu-gcc"}
 
 
-def host_arch() -> str:
-    return os.uname().machine
-
-
-def pick_compiler(arch: str) -> str:
+def pick_compiler(arch: Arch) -> str:
+    """$CC, else gcc for the machine hotpatch runs on, else the architecture's cross compiler."""
     if os.environ.get("CC"):
         return os.environ["CC"]
-    if arch == host_arch():
+    if arch.name == os.uname().machine:
         return "gcc"
-    cross = CROSS_COMPILERS.get(arch)
-    if cross and shutil.which(cross):
-        return cross
-    raise UsageError(f"no compiler for {arch} targets", f"install {cross or 'a cross compiler'} or set CC")
+    if shutil.which(arch.cross_compiler):
+        return arch.cross_compiler
+    raise UsageError(f"no compiler for {arch.name} binaries", f"install {arch.cross_compiler} or set CC")
 
 
 def compile_sources(sources: list[str], cc: str, cflags: list[str], workdir: str) -> bytes:
@@ -74,9 +70,9 @@ def _run(argv: list[str], what: str) -> None:
         raise InvalidPatch(f"{what} failed ({argv[0]} exit {proc.returncode}); see the diagnostics above")
 
 
-def pick_target_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
+def pick_binary_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
                        picks: dict[str, str]) -> Symbol | None:
-    """One definition of `name` in the target, the way C would bind an extern.
+    """One definition of `name` in the binary, the way C would bind an extern.
 
     A global definition wins (it is what an extern in a new translation unit
     means); otherwise a single file-local one; several file-local ones are
@@ -95,34 +91,34 @@ def pick_target_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
     if not globals_ and len({s.value for s in found}) == 1:
         return found[0]
     listing = "; ".join(s.describe() for s in found)
-    raise AmbiguousSymbol(f"symbol {name} is ambiguous in the target: {listing}",
+    raise AmbiguousSymbol(f"symbol {name} is ambiguous in the binary: {listing}",
                           f"choose one with --pick {name}=FILE.c")
 
 
-def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: SymbolTable,
+def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: SymbolTable,
             picks: dict[str, str], sources: list[str], warn) -> patchfile.PatchMeta:
     arch = get_arch(obj.machine)
-    with open(target_path, "rb") as f:
-        target_bytes = f.read()
+    with open(binary_path, "rb") as f:
+        binary_bytes = f.read()
     replace, new_functions = [], []
     for fn in obj.defined_functions():
         if fn.bind == "local":
             continue
-        old = pick_target_symbol(table, fn.name, ("func",), picks)
+        old = pick_binary_symbol(table, fn.name, ("func",), picks)
         if old is None:
             new_functions.append(fn.name)
             continue
         size = table.extent(old)
         file_off = image.vaddr_to_offset(old.value)
         if file_off is None or size <= 0:
-            raise InvalidPatch(f"function {fn.name} has no code in {target_path}")
-        code = target_bytes[file_off:file_off + size]
+            raise InvalidPatch(f"function {fn.name} has no code in {binary_path}")
+        code = binary_bytes[file_off:file_off + size]
         pad = arch.landing_pad(code)
         room = size
         if size < pad + arch.far_branch_size:
             # Alignment padding up to the next symbol is never executed: a jump may spill into it.
             gap = table.gap_after(old)
-            room += arch.padding_length(target_bytes[file_off + size:file_off + size + min(gap, 64)])
+            room += arch.padding_length(binary_bytes[file_off + size:file_off + size + min(gap, 64)])
         if room < pad + arch.near_branch_size:
             raise FunctionTooShort(
                 f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
@@ -131,49 +127,52 @@ def analyse(obj: RelocatableObject, target_path: str, image: ElfImage, table: Sy
         cold = [[c.value, c.size] for c in table.candidates(fn.name + ".cold", ("func", "notype"))
                 if c.file == old.file]
         for clone in table.clones_of(fn.name):
-            warn(f"warning: the target also has {clone.name}, a compiler clone of {fn.name}; "
+            warn(f"warning: the binary also has {clone.name}, a compiler clone of {fn.name}; "
                  "its callers keep the old code unless the patch replaces them too")
         replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
-                                                  hashlib.sha256(target_bytes[file_off:file_off + room]
+                                                  hashlib.sha256(binary_bytes[file_off:file_off + room]
                                                                  ).hexdigest(), pad, room,
                                                   code[:32].hex(), cold))
     if not replace:
         if table.stripped:
-            raise InvalidPatch(f"the patch replaces no function of the target: {table.source}",
-                               "install the target's debug file (looked in "
+            raise InvalidPatch(f"the patch replaces no function of the binary: {table.source}",
+                               "install the binary's debug file (looked in "
                                f"{', '.join(d + '/.build-id' for d in table.debug_dirs)}; "
                                "more with HOTPATCH_DEBUG_DIRS)")
-        raise InvalidPatch("the patch replaces no function of the target",
-                           "define a function with external linkage whose name matches one in the target")
+        raise InvalidPatch("the patch replaces no function of the binary",
+                           "define a function with external linkage whose name matches one in the binary")
     for sym in obj.symbols:
         if sym.kind == "object" and sym.bind != "local" and isinstance(sym.shndx, int) \
                 and table.candidates(sym.name, ("object",)):
-            warn(f"warning: the patch defines {sym.name}, which the target also defines: the patch "
-                 f"gets its own copy; declare it `extern` to use the target's")
-    target_symbols, external = {}, []
+            warn(f"warning: the patch defines {sym.name}, which the binary also defines: the patch "
+                 f"gets its own copy; declare it `extern` to use the binary's")
+    binary_symbols, external = {}, []
     for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name} - {GOT_SYMBOL}):
-        sym = pick_target_symbol(table, name, ("func", "object", "notype", "ifunc", "tls"), picks)
+        sym = pick_binary_symbol(table, name, ("func", "object", "notype", "ifunc", "tls"), picks)
         if sym is None:
             external.append(name)
         elif sym.kind == "tls":
-            raise InvalidPatch(f"{name} is a thread-local variable of the target; patches cannot reach it")
+            raise InvalidPatch(f"{name} is a thread-local variable of the binary; patches cannot reach it")
         elif sym.kind == "ifunc":
-            raise InvalidPatch(f"{name} is an IFUNC resolver in the target; patches cannot call it directly")
+            raise InvalidPatch(f"{name} is an IFUNC resolver in the binary; patches cannot call it directly")
         else:
-            target_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
-    _check_external(obj, external, target_path, table, warn)
+            binary_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
+    _check_external(obj, external, binary_path, table, warn)
     return patchfile.PatchMeta(
-        arch=obj.machine, target_path=os.path.abspath(target_path), target_build_id=image.build_id,
-        target_pie=image.is_pie, replace=replace, target_symbols=target_symbols, external=external,
+        arch=obj.machine, target_path=os.path.abspath(binary_path), target_build_id=image.build_id,
+        target_pie=image.is_pie, replace=replace, target_symbols=binary_symbols, external=external,
         new_functions=new_functions, sources=[os.path.basename(s) for s in sources])
 
 
-def _check_external(obj: RelocatableObject, external: list[str], target_path: str,
+def _check_external(obj: RelocatableObject, external: list[str], binary_path: str,
                     table: SymbolTable, warn) -> None:
-    """Names not in the target must come from a library it loads: say so now, not at apply."""
+    """Names not in the binary must come from a library it loads: say so now, not at apply."""
     if not external:
         return
-    libs, missing = needed_closure(target_path, obj.machine)
+    try:
+        libs, missing = needed_closure(binary_path, get_arch(obj.machine).library_dirs)
+    except ELFFormatError as e:
+        raise InvalidPatch(f"{binary_path}: {e.message}") from e
     if missing:
         warn(f"warning: cannot check library symbols here ({', '.join(missing)} not found); "
              "they are resolved at apply")
@@ -189,40 +188,39 @@ def _check_external(obj: RelocatableObject, external: list[str], target_path: st
         if name in weak or any(t.lookup(name) for t in tables):
             continue
         clones = [c.name for c in table.clones_of(name)]
-        hint = (f"the target only has {', '.join(clones)} (a compiler clone)" if clones else
-                "it may have been inlined or removed by the compiler when the target was built")
+        hint = (f"the binary only has {', '.join(clones)} (a compiler clone)" if clones else
+                "it may have been inlined or removed by the compiler when the binary was built")
         raise SymbolNotFound(
-            f"{name} is defined neither in {os.path.basename(target_path)} nor in the libraries it "
+            f"{name} is defined neither in {os.path.basename(binary_path)} nor in the libraries it "
             f"loads ({', '.join(os.path.basename(l) for l in libs) or 'none'}): {hint}",
             f"define {name} in the patch itself (static)")
 
 
-def build(sources: list[str], target: str, output: str, cflags: str = "",
+def build(sources: list[str], binary: str, output: str, cflags: str = "",
           picks: dict[str, str] | None = None, warn=None) -> patchfile.PatchMeta:
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
-    if not os.path.isfile(target):
-        raise UsageError(f"target binary {target} does not exist")
+    if not os.path.isfile(binary):
+        raise UsageError(f"binary {binary} does not exist")
     try:
-        image = ElfImage.from_path(target)
-        table = load_symbol_table(target)
+        image = ElfImage.from_path(binary)
+        table = load_symbol_table(binary)
     except (ELFFormatError, OSError) as e:
-        raise InvalidPatch(f"target {target} is not a readable ELF binary: {e}") from e
+        raise InvalidPatch(f"{binary} is not a readable ELF binary: {e}") from e
     if not image.build_id:
-        raise InvalidPatch(f"target {target} has no build-id, so a patch cannot be tied to it",
-                           "link the target with -Wl,--build-id")
-    arch = image.ehdr.machine
-    get_arch(arch)
+        raise InvalidPatch(f"{binary} has no build-id, so a patch cannot be tied to it",
+                           "link the binary with -Wl,--build-id")
+    arch = arch_for_machine(image.ehdr.e_machine)
     with tempfile.TemporaryDirectory(prefix="hotpatch-build-") as work:
         obj_bytes = compile_sources(sources, pick_compiler(arch), shlex.split(cflags), work)
     try:
         obj = parse_relocatable(obj_bytes)
     except ELFFormatError as e:
         raise InvalidPatch(f"the compiler produced an unusable object: {e}") from e
-    if obj.machine != arch:
-        raise InvalidPatch(f"the patch was compiled for {obj.machine} but the target is {arch}",
-                           "set CC to a compiler for the target's architecture")
-    meta = analyse(obj, target, image, table, picks or {}, sources, warn)
-    plan_layout(obj, get_arch(arch), header_size=4096)  # refuses unsupported relocations now, not at apply
+    if obj.machine != arch.name:
+        raise InvalidPatch(f"the patch was compiled for {obj.machine} but the binary is {arch.name}",
+                           "set CC to a compiler for the binary's architecture")
+    meta = analyse(obj, binary, image, table, picks or {}, sources, warn)
+    plan_layout(obj, arch, header_size=4096)  # refuses unsupported relocations now, not at apply
     data = patchfile.encode(meta, obj_bytes)
     tmp = output + ".tmp"
     with open(tmp, "wb") as f:

@@ -1,0 +1,36 @@
+"""AArch64: the architecture's modules wired into one Arch."""
+
+from hotpatch.arch.aarch64 import insn, jumps, registers, syscall
+from hotpatch.arch.aarch64 import relocations as relocation_table
+from hotpatch.arch.base import Arch
+
+
+class AArch64(Arch):
+    name = "aarch64"
+    e_machine = 183                    # EM_AARCH64
+    audit_arch = syscall.AUDIT_ARCH
+    regs_type = registers.user_pt_regs
+    syscall_insn = syscall.SYSCALL_INSN
+    syscall_insn_align = syscall.SYSCALL_INSN_ALIGN
+    syscall_numbers = syscall.SYSCALL_NUMBERS
+    relocations = relocation_table.RELOCATIONS
+    got_reloc_types = relocation_table.GOT_RELOC_TYPES
+    stub_size = jumps.STUB_SIZE
+    branch_reach = jumps.REACH
+    fallback_reach = jumps.FALLBACK_REACH
+    near_branch_size = jumps.NEAR_SIZE
+    far_branch_size = jumps.FAR_SIZE
+    cross_compiler = "aarch64-linux-gnu-gcc"
+    library_dirs = ("/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/aarch64-linux-gnu/lib")
+
+    pc = staticmethod(registers.pc)
+    sp = staticmethod(registers.sp)
+    thread_view = staticmethod(registers.thread_view)
+    hijack_for_syscall = staticmethod(syscall.hijack)
+    syscall_result = staticmethod(syscall.result)
+    landing_pad = staticmethod(jumps.landing_pad)
+    entry_rewrite = staticmethod(jumps.entry_rewrite)
+    padding_length = staticmethod(insn.padding_length)
+    in_branch_reach = staticmethod(jumps.in_branch_reach)
+    branch = staticmethod(jumps.branch)
+    stub = staticmethod(jumps.stub)

@@ -1,0 +1,36 @@
+"""x86-64: the architecture's modules wired into one Arch."""
+
+from hotpatch.arch.base import Arch
+from hotpatch.arch.x86_64 import insn, jumps, registers, syscall
+from hotpatch.arch.x86_64 import relocations as relocation_table
+
+
+class X86_64(Arch):
+    name = "x86_64"
+    e_machine = 62                     # EM_X86_64
+    audit_arch = syscall.AUDIT_ARCH
+    regs_type = registers.user_regs_struct
+    syscall_insn = syscall.SYSCALL_INSN
+    syscall_insn_align = syscall.SYSCALL_INSN_ALIGN
+    syscall_numbers = syscall.SYSCALL_NUMBERS
+    relocations = relocation_table.RELOCATIONS
+    got_reloc_types = relocation_table.GOT_RELOC_TYPES
+    stub_size = jumps.STUB_SIZE
+    branch_reach = jumps.REACH
+    fallback_reach = None
+    near_branch_size = jumps.NEAR_SIZE
+    far_branch_size = jumps.FAR_SIZE
+    cross_compiler = "x86_64-linux-gnu-gcc"
+    library_dirs = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64")
+
+    pc = staticmethod(registers.pc)
+    sp = staticmethod(registers.sp)
+    thread_view = staticmethod(registers.thread_view)
+    hijack_for_syscall = staticmethod(syscall.hijack)
+    syscall_result = staticmethod(syscall.result)
+    landing_pad = staticmethod(jumps.landing_pad)
+    entry_rewrite = staticmethod(jumps.entry_rewrite)
+    padding_length = staticmethod(insn.padding_length)
+    in_branch_reach = staticmethod(jumps.in_branch_reach)
+    branch = staticmethod(jumps.branch)
+    stub = staticmethod(jumps.stub)

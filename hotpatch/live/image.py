@@ -1,0 +1,77 @@
+"""The patch image in the process: where it goes, mapping it, filling it.
+
+Mapped r-x first, then parts tightened to r-- and rw-: never writable and
+executable at once. Filled through /proc/PID/mem while the process runs;
+nothing reaches it until the trampolines are written.
+"""
+
+import os
+
+from hotpatch.errors import RemoteSyscallError
+from hotpatch.link.linker import LayoutPlan, LinkedImage
+from hotpatch.linux import (EEXIST, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, NO_FD, PR_SET_VMA,
+                            PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ)
+from hotpatch.live import records
+from hotpatch.live.placement import candidate_addresses
+from hotpatch.process.attach import Process
+from hotpatch.process.maps import Mapping
+from hotpatch.process.modules import Module
+
+MAX_PLACEMENT_TRIES = 16
+ANYWHERE = 0x7F00_0000_0000   # a link address for checks when no hole is near: far forms are used
+
+
+def candidates(proc: Process, maps: list[Mapping], module: Module, size: int) -> list[int]:
+    """Free addresses from which the image reaches the module with the short jump forms, nearest first."""
+    if os.environ.get("HOTPATCH_FAR_IMAGE"):   # test hook: exercise the far jump forms
+        return []
+    arch, out = proc.arch, []
+    for reach in (arch.branch_reach, arch.fallback_reach):
+        if reach:
+            out += [a for a in candidate_addresses(maps, module.start, module.end, size, proc.page_size, reach)
+                    if a not in out]
+    return out
+
+
+def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], name: bytes, name_vmas: bool) -> int:
+    """mmap the image r-x at the first free candidate (else anywhere), then tighten its parts.
+
+    MAP_FIXED_NOREPLACE never clobbers a mapping the running process created
+    meanwhile; on EEXIST the next hole is tried.
+    """
+    flags = MAP_PRIVATE | MAP_ANONYMOUS
+    base = None
+    for addr in addresses[:MAX_PLACEMENT_TRIES]:
+        try:
+            got = proc.syscall("mmap", addr, plan.size, PROT_READ | PROT_EXEC, flags | MAP_FIXED_NOREPLACE, NO_FD, 0)
+        except RemoteSyscallError as e:
+            if e.errno == EEXIST:
+                continue
+            raise
+        if got == addr:
+            base = got
+            break
+        proc.syscall("munmap", got, plan.size)   # pre-4.17 kernels treat the flag as a hint
+    if base is None:
+        base = proc.syscall("mmap", 0, plan.size, PROT_READ | PROT_EXEC, flags, NO_FD, 0)
+    try:
+        for seg in plan.segments:
+            if seg.prot != PROT_READ | PROT_EXEC:
+                proc.syscall("mprotect", base + seg.offset, seg.size, seg.prot)
+        proc.mem.write(base + records.NAME_OFFSET, name + b"\0")
+        if name_vmas:
+            try:
+                proc.syscall("prctl", PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, plan.size,
+                             base + records.NAME_OFFSET)
+            except RemoteSyscallError:
+                pass   # kernel without CONFIG_ANON_VMA_NAME: list finds the image by its magic
+    except BaseException:
+        proc.syscall("munmap", base, plan.size)
+        raise
+    return base
+
+
+def fill(proc: Process, image: LinkedImage, record: records.PatchRecord, header_size: int) -> None:
+    """Write the linked image, its record in the header, into the mapping."""
+    image.data[:header_size] = record.header_bytes(header_size)
+    proc.mem.write(image.base, bytes(image.data))

@@ -1,0 +1,53 @@
+"""When is it safe: stop every thread, check, and either act or let the process run and retry.
+
+The kernel's livepatch transition in userspace form: each attempt stops every
+thread and asks the activeness check why a thread is not safe (a value, like
+the kernel's -EBUSY); between attempts the process runs, so a busy thread
+never holds the others. The caller acts while every thread is stopped and
+then resumes or detaches them itself: the commit point stays in its code.
+"""
+
+import time
+
+from hotpatch.errors import ProcessBusy
+from hotpatch.process.attach import Process
+from hotpatch.process.maps import MapIndex
+from hotpatch.safety.activeness import BusyThread, RangeSet, find_busy
+from hotpatch.steps import Steps
+
+FIRST_DELAY, MAX_DELAY = 0.001, 0.05
+
+
+def check(proc: Process, maps: MapIndex, ranges: RangeSet) -> BusyThread | None:
+    """With every thread stopped: the first thread inside `ranges`, or None when all are safe."""
+    return find_busy(proc.snapshot(maps), ranges)
+
+
+def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps) -> int:
+    """Return with every thread stopped and none inside `ranges`; the number of attempts.
+
+    Raises ProcessBusy (threads resumed) when a thread is still inside at
+    the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    delay, attempts = FIRST_DELAY, 0
+    maps = MapIndex(proc.maps())
+    proc.prepare_snapshot()
+    while True:
+        attempts += 1
+        steps.mark("stopping")
+        proc.stop_all()
+        steps.mark("stopped")
+        busy = check(proc, maps, ranges)
+        steps.mark("checked")
+        if busy is None:
+            return attempts
+        if time.monotonic() + delay >= deadline:
+            proc.resume_all()
+            raise ProcessBusy(
+                f"{busy.describe(proc.thread_name(busy.tid))}; still busy after {timeout:g} s ({attempts} checks)",
+                "retry when the process is idle or raise --timeout; a function that never returns "
+                "(a thread's main loop) can never be replaced")
+        proc.resume_all()
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY)

@@ -1,0 +1,1 @@
+"""The operations a user runs: apply, revert, list, build. Each reads top to bottom."""

@@ -1,0 +1,155 @@
+"""apply: one transaction on a live process.
+
+Work that needs no stopped thread happens first, while the process runs:
+reading the patch, finding the module, checking the code, resolving symbols,
+linking, mapping and filling the image (one thread lent for a few remote
+system calls). Only the commit stops every thread: the activeness check, the
+jumps, resume. Any failure before the commit point undoes what was done,
+newest first, and detaches.
+"""
+
+import datetime
+import hashlib
+import os
+
+from hotpatch import __version__, patchfile
+from hotpatch.arch import get_arch
+from hotpatch.errors import PatchMismatch
+from hotpatch.link.linker import plan_layout
+from hotpatch.live import image, records, sandbox, trampolines, transition
+from hotpatch.live.transaction import Transaction
+from hotpatch.process.attach import Process, attach, check_pid
+from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
+from hotpatch.steps import Steps, check_interrupted
+
+
+def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False) -> dict:
+    steps = Steps("apply")
+    patch = patchfile.read(patch_path)
+    patch.obj   # parse and check the code now: a bad patch never reaches the process
+    arch = get_arch(patch.meta.arch)
+    check_pid(pid)
+    steps.mark("parsed")
+    proc = attach(pid, arch, abort_check=check_interrupted)
+    tx = Transaction()
+    try:
+        return _apply(proc, tx, patch, patch_path, timeout, dry_run, steps)
+    except BaseException as e:
+        tx.abort(proc, e)
+        raise
+    finally:
+        proc.close()
+
+
+def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_path: str, timeout: float,
+           dry_run: bool, steps: Steps) -> dict:
+    meta, arch = patch.meta, proc.arch
+    policy = sandbox.check_process(proc)
+    maps = proc.maps()
+    loaded = loaded_modules(proc.pid, maps, proc.mem)
+    module = find_module(proc.pid, loaded, meta)
+    applied = records.find_records(maps, proc.mem)
+    for r in applied:
+        if r.patch_sha256 == patch.sha256:
+            raise PatchMismatch(f"this patch is already applied to process {proc.pid} as patch {r.id}",
+                                "revert it first to apply it again")
+    verify_code(proc, module, meta, applied)
+    steps.mark("verified")
+
+    header_size = records.header_size_for([fn.name for fn in meta.replace], os.path.basename(patch_path),
+                                          module.path, proc.page_size)
+    plan = plan_layout(patch.obj, arch, header_size, proc.page_size)
+    resolved = resolve_symbols(proc, module, loaded, meta, plan.undefined)
+    steps.mark("resolved")
+
+    # Link and build the jumps for the intended address before anything is
+    # mapped: an unresolved symbol, an out-of-range relocation or a function
+    # too short for the jump is refused with the process untouched.
+    addresses = image.candidates(proc, maps, module, plan.size)
+    intended = addresses[0] if addresses else image.ANYWHERE
+    linked = plan.link(intended, resolved.get)
+    tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
+    guarded = trampolines.guarded_ranges(meta, module)
+    if dry_run:
+        attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+        return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
+
+    record_id = max((r.id for r in applied), default=0) + 1
+    base = image.map_image(proc, plan, addresses, f"hotpatch:{record_id}".encode(), policy.name_vmas)
+    tx.on_undo("unmap the image", lambda: proc.syscall("munmap", base, plan.size))
+    steps.mark("mapped")
+    if base != intended:   # the hole was taken meanwhile: link for where it landed
+        linked = plan.link(base, resolved.get)
+        tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
+    record = records.PatchRecord(
+        id=record_id, patch=os.path.basename(patch_path), patch_sha256=patch.sha256,
+        applied_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        hotpatch_version=__version__, build_id=meta.target_build_id, module=module.path,
+        bias=module.bias, base=base, size=plan.size, code=list(linked.code_range),
+        functions=[records.SwitchedFunction(t.name, t.entry, t.branch.site, t.new, t.saved.hex(),
+                                            t.branch.code.hex()) for t in tramps])
+    image.fill(proc, linked, record, header_size)
+    steps.mark("filled")
+
+    attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+    trampolines.switch(tramps, proc.mem, tx, steps)
+    tx.commit()   # the commit point: from here the patch stands, nothing below undoes it
+    proc.detach_all()
+    steps.mark("resumed", abortable=False)
+    return _report(proc, "applied", record, module, linked, tramps, attempts, steps, patch_path)
+
+
+def find_module(pid: int, loaded: LoadedModules, meta: patchfile.PatchMeta) -> Module:
+    """The loaded module with the build-id the patch was built for."""
+    for m in loaded.modules:
+        if m.image.build_id == meta.target_build_id:
+            if m.image.ehdr.machine != meta.arch:
+                raise PatchMismatch(f"module {m.path} is {m.image.ehdr.machine}, the patch is for {meta.arch}")
+            return m
+    exe = loaded.modules[0] if loaded.modules else None
+    unreadable = (f"; unreadable: {', '.join(f'{p} ({why})' for p, why in loaded.unreadable.items())}"
+                  if loaded.unreadable else "")
+    raise PatchMismatch(
+        f"process {pid} has not loaded the binary this patch was built for "
+        f"({os.path.basename(meta.target_path)}, build-id {meta.target_build_id[:16]}…){unreadable}",
+        f"build the patch against the binary the process runs ({exe.path if exe else 'unknown'}, "
+        f"build-id {(exe.image.build_id or '?')[:16] if exe else '?'}…)")
+
+
+def verify_code(proc: Process, module: Module, meta: patchfile.PatchMeta,
+                applied: list[records.PatchRecord]) -> None:
+    """Each replaced function's bytes (as they were before earlier patches) hash as recorded at build."""
+    for fn in meta.replace:
+        entry = module.bias + fn.offset
+        current = proc.mem.read(entry, fn.room)
+        original = records.original_view(applied, entry, current)
+        if hashlib.sha256(original).hexdigest() != fn.sha256:
+            raise PatchMismatch(
+                f"the code of {fn.name} at {entry:#x} differs from the binary the patch was built for "
+                f"(expected {fn.head[:16]}…, found {original[:8].hex()}…)",
+                "the process runs a different build, or something else modified it")
+
+
+def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta,
+                    names: list[str]) -> dict[str, int | None]:
+    """Each undefined name of the patch: the binary's own symbol recorded at build, else the loaded libraries'."""
+    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    resolved: dict[str, int | None] = {}
+    for name in names:
+        own = meta.target_symbols.get(name)
+        resolved[name] = module.bias + own.offset if own else symbols.resolve(name)
+    return resolved
+
+
+def _report(proc: Process, status: str, record, module: Module, linked, tramps, attempts: int, steps: Steps,
+            patch_path: str) -> dict:
+    return {
+        "status": status, "pid": proc.pid, "patch": os.path.basename(patch_path),
+        "id": record.id if record else None, "module": module.path,
+        "image": {"base": hex(linked.base), "size": linked.size},
+        "functions": [{"name": t.name, "entry": hex(t.entry), "new": hex(t.new), "jump": t.branch.form}
+                      for t in tramps],
+        "checks": attempts, "signals_passed": proc.signals_passed, "timings_ms": steps.marks,
+    }
+
+

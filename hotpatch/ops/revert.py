@@ -1,0 +1,108 @@
+"""revert: restore the bytes a patch replaced, in one stop, then free its image.
+
+The restore is the commit point; freeing the image comes after the other
+threads run again, through one thread kept stopped. A failure to free cannot
+undo the revert: it is reported (the image stays mapped, unreachable) and a
+later revert frees it.
+"""
+
+from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
+from hotpatch.live import records, sandbox, transition
+from hotpatch.live.records import PatchRecord
+from hotpatch.process.attach import Process, attach, check_pid, process_arch
+from hotpatch.process.memory import Memory
+from hotpatch.safety.activeness import GuardedRange, RangeSet
+from hotpatch.steps import Steps, check_interrupted
+
+
+def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0) -> dict:
+    steps = Steps("revert")
+    check_pid(pid)
+    proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
+    try:
+        return _revert(proc, patch_id, revert_all, timeout, steps)
+    finally:
+        proc.close()
+
+
+def choose(pid: int, applied: list[PatchRecord], patch_id: int | None, revert_all: bool) -> list[PatchRecord]:
+    """The records to revert, newest first; refuses one a newer, kept patch builds on."""
+    if not applied:
+        raise UsageError(f"no patch is applied to process {pid}")
+    if revert_all:
+        chosen = list(applied)
+    elif patch_id is None:
+        chosen = [applied[-1]]
+    else:
+        chosen = [r for r in applied if r.id == patch_id]
+        if not chosen:
+            raise UsageError(f"process {pid} has no patch {patch_id}",
+                             f"applied: {', '.join(str(r.id) for r in applied)}")
+    chosen_ids = {r.id for r in chosen}
+    for r in chosen:
+        sites = {f.site for f in r.functions}
+        for later in applied:
+            if later.id > r.id and later.id not in chosen_ids and sites & {f.site for f in later.functions}:
+                raise UsageError(f"patch {r.id} cannot be reverted while patch {later.id} replaces the "
+                                 "same function again", f"revert patch {later.id} first")
+    return sorted(chosen, key=lambda r: r.id, reverse=True)
+
+
+def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps) -> None:
+    """Put back the saved bytes of every chosen record (all threads stopped); all or none.
+
+    Newest first, each site read once: a record whose sites all hold its
+    jumps is restored; one whose sites all hold the saved bytes never got its
+    jumps (an interrupted apply) and is only unmapped; anything else was
+    changed by someone else and is left alone (what was restored is put back).
+    """
+    written = []
+    try:
+        for r in chosen:
+            current = [mem.read(f.site, len(f.written) // 2).hex() for f in r.functions]
+            if all(c == f.saved for c, f in zip(current, r.functions)):
+                continue
+            for c, f in zip(current, r.functions):
+                if c != f.written:
+                    raise PatchMismatch(f"{f.name} at {f.entry:#x} was modified after patch {r.id} was "
+                                        "applied; not reverting", "inspect the process")
+            for f in r.functions:
+                mem.write(f.site, bytes.fromhex(f.saved))
+                written.append(f)
+                if len(written) == 1:
+                    steps.mark("first-restored")
+    except BaseException:
+        for f in reversed(written):
+            mem.write(f.site, bytes.fromhex(f.written))
+        raise
+
+
+def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
+    sandbox.check_process(proc)
+    chosen = choose(proc.pid, records.find_records(proc.maps(), proc.mem), patch_id, revert_all)
+    guarded = RangeSet([GuardedRange(r.code[0], r.code[1], f"the code of patch {r.id}") for r in chosen])
+
+    attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+    restore(chosen, proc.mem, steps)
+    steps.mark("switched", abortable=False)   # the commit point: reverted, the rest only frees memory
+
+    # No thread runs or returns into the images and nothing jumps there now:
+    # the others go while one thread unmaps them.
+    proc.detach_all(keep=proc.syscall_thread())
+    steps.mark("resumed", abortable=False)
+    unfreed = []
+    for r in chosen:
+        try:
+            steps.mark("unmapping")
+            proc.syscall("munmap", r.base, r.size)
+        except HotpatchError as e:
+            if not proc.alive():
+                raise
+            # The code is restored and the image unreachable: the revert
+            # stands; the memory stays until a later revert frees it.
+            unfreed.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": e.message})
+    steps.mark("unmapped", abortable=False)
+    proc.detach_all()
+    return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
+            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
+            "unfreed": unfreed}

@@ -1,0 +1,200 @@
+"""The live process: attach() is the one door, Process what it opens onto.
+
+Attaching is an explicit step (every thread seized, memory opened); the
+constructor only stores. Callers stop, inspect, change and release the
+process through Process's methods, never through its parts.
+"""
+
+import os
+
+from hotpatch.arch import arch_for_machine
+from hotpatch.arch.base import Arch
+from hotpatch.elf.image import ElfImage
+from hotpatch.errors import ELFFormatError, ProcessGone, TraceError
+from hotpatch.process import ptrace as P
+from hotpatch.process.maps import MapIndex, Mapping, read_maps
+from hotpatch.process.memory import Memory
+from hotpatch.process.remote import RemoteSyscalls, find_syscall_gadget
+from hotpatch.process.seccomp import fetch_filters
+from hotpatch.process.threads import ThreadGroup, running_threads, thread_name
+from hotpatch.safety.activeness import Snapshot
+
+MAX_STACK_SCAN = 16 << 20
+
+
+def check_pid(pid: int) -> None:
+    if pid <= 0:
+        raise ProcessGone(f"{pid} is not a process id")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessGone(f"process {pid} does not exist")
+    if P.status_field(pid, "Tgid") != str(pid):
+        raise ProcessGone(f"{pid} is a thread, not a process", f"use its process id {P.status_field(pid, 'Tgid')}")
+    if pid == os.getpid():
+        raise TraceError("hotpatch cannot patch itself")
+
+
+def check_seccomp_strict(pid: int) -> None:
+    """Strict mode forbids everything; a filter is judged once seized (live/sandbox.py)."""
+    if P.status_field(pid, "Seccomp") == "1":
+        raise TraceError(f"process {pid} runs in seccomp strict mode, which forbids mmap",
+                         "it cannot be patched live")
+
+
+def process_arch(pid: int) -> Arch:
+    try:
+        return arch_for_machine(ElfImage.from_path(f"/proc/{pid}/exe").ehdr.e_machine)
+    except FileNotFoundError as e:
+        raise ProcessGone(f"process {pid} exited") from e
+    except PermissionError as e:
+        raise TraceError(f"cannot read /proc/{pid}/exe: permission denied", P.permission_remedy(pid)) from e
+    except (ELFFormatError, OSError) as e:
+        raise TraceError(f"cannot read the executable of process {pid}: {e}") from e
+
+
+def attach(pid: int, arch: Arch, abort_check=None) -> "Process":
+    """Seize every thread of `pid` (none is stopped) and open its memory.
+
+    abort_check() raises to abandon a wait on the kernel (a termination
+    request); waits marked uninterruptible() ignore it.
+    """
+    check_pid(pid)
+    check_seccomp_strict(pid)
+    waiter = P.Waiter(abort_check)
+    threads = ThreadGroup(pid, waiter, arch.regs_type, arch.thread_view)
+    proc = Process(pid, arch, waiter, threads)
+    try:
+        threads.seize_all()
+        proc.mem = Memory(pid)
+    except BaseException:
+        proc.close()
+        raise
+    return proc
+
+
+class Process:
+    """A process with every thread seized; close() detaches whatever happened."""
+
+    def __init__(self, pid: int, arch: Arch, waiter: P.Waiter, threads: ThreadGroup):
+        self.pid, self.arch = pid, arch
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        self.waiter = waiter
+        self.threads = threads
+        self.mem: Memory | None = None
+        self._remote: RemoteSyscalls | None = None
+        self._stacks = bytearray()   # reused stack buffer (see prepare_snapshot)
+
+    def uninterruptible(self):
+        """Waits inside are never abandoned: an undo in progress."""
+        return self.waiter.uninterruptible()
+
+    # -- what it is -----------------------------------------------------
+    def alive(self) -> bool:
+        return P.status_field(self.pid, "State") not in (None, "Z (zombie)", "X (dead)")
+
+    def maps(self) -> list[Mapping]:
+        return read_maps(self.pid)
+
+    def thread_name(self, tid: int) -> str:
+        return thread_name(self.pid, tid)
+
+    @property
+    def signals_passed(self) -> int:
+        return self.threads.signals_passed
+
+    # -- stopping and resuming ------------------------------------------
+    def stop_all(self) -> None:
+        """Every thread in a ptrace-stop, those seen running right now interrupted last."""
+        self.threads.stop_all(running_hint=running_threads(self.pid, self.threads.tracees))
+
+    def resume_all(self) -> None:
+        self.threads.resume_all()
+
+    def detach_all(self, keep: int | None = None) -> None:
+        """Release every thread; `keep` stays stopped and traced (work left for one thread)."""
+        self.threads.detach_all(keep=keep)
+
+    def close(self) -> None:
+        try:
+            if self.threads.tracees:
+                with self.waiter.uninterruptible():
+                    self.threads.detach_all()
+        finally:
+            if self.mem:
+                self.mem.close()
+            self.waiter.close()
+
+    # -- the activeness snapshot ----------------------------------------
+    def prepare_snapshot(self, per_thread: int = 8192) -> None:
+        """Allocate (and fault in) the stack buffer while the process still runs.
+
+        Sized from the last snapshot, else `per_thread` bytes a thread; a
+        larger need at the stop only costs a fresh allocation then.
+        """
+        want = max(len(self._stacks), per_thread * len(self.threads.tracees), 1 << 16)
+        if len(self._stacks) < want:
+            self._stacks = bytearray(want)   # zero-filled: every page touched now
+
+    def snapshot(self, maps: MapIndex) -> Snapshot:
+        """Code pointers and live stack of every (stopped) thread.
+
+        Registers were read as each thread's stop arrived (overlapping the
+        kernel still stopping the others); stacks are read all at once
+        (process_vm_readv). `maps` may predate the stop: a stack it does not
+        know makes it re-read.
+        """
+        tids, pointers, ranges = [], [], []
+        view, find = self.threads.view, maps.find
+        for tid in self.threads.stopped_tids(usable_only=False):
+            got = view(tid)
+            if got is None:
+                continue
+            ptrs, sp, frames_end = got
+            m = find(sp)
+            if m is None:
+                maps.refresh(self.maps())
+                m = maps.find(sp)
+            end = min(m.end, sp + MAX_STACK_SCAN, frames_end) if m else sp
+            tids.append(tid)
+            pointers.append(ptrs)
+            ranges.append((sp, (end - sp) & ~7))   # whole words: see Snapshot
+        self._stacks, starts = self.mem.read_joined(ranges, self._stacks)
+        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges))
+
+    # -- system calls made in the process ---------------------------------
+    def remote(self) -> RemoteSyscalls:
+        if self._remote is None:
+            gadget = find_syscall_gadget(self.arch, self.maps(), self.mem)
+            self._remote = RemoteSyscalls(self.arch, self.threads, gadget)
+        return self._remote
+
+    def syscall_thread(self) -> int:
+        """The thread remote system calls run on: the leader, whose seccomp filter is checked."""
+        tracees = self.threads.tracees
+        if self.pid in tracees:
+            return self.pid
+        if not tracees:
+            raise ProcessGone(f"no thread of process {self.pid} is left to make a system call")
+        return next(iter(tracees))
+
+    def syscall(self, name: str, *args: int) -> int:
+        """One remote syscall on a stopped thread (stopping one if none is), checked."""
+        remote = self.remote()
+        tid = self.syscall_thread()
+        if tid in self.threads.stopped_tids(usable_only=False):
+            return remote.checked(tid, name, *args)
+        self.threads.stop_thread(tid)
+        try:
+            return remote.checked(tid, name, *args)
+        finally:
+            self.threads.resume_thread(tid)
+
+    def seccomp_filters(self) -> tuple[list, int]:
+        """(the filters of the system-call thread, the gadget its calls go through); [] if unfiltered."""
+        if P.status_field(self.pid, "Seccomp") != "2":
+            return [], 0
+        tid = self.syscall_thread()
+        self.threads.stop_thread(tid)
+        try:
+            return fetch_filters(tid), self.remote().gadget
+        finally:
+            self.threads.resume_thread(tid)

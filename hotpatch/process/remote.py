@@ -1,0 +1,110 @@
+"""System calls made by a process's thread on our behalf.
+
+The thread's pc is pointed at a syscall instruction that already exists in an
+executable mapping (the vdso, or libc), the arguments are set, and it is
+single-stepped over that one instruction. No code is written and no library
+code runs in the process. Registers are restored exactly afterwards.
+"""
+
+import os
+import signal
+import time
+
+from hotpatch.arch.base import Arch
+from hotpatch.errors import ProcessGone, RemoteSyscallError, ThreadGone, TraceError
+from hotpatch.process import ptrace as P
+from hotpatch.process.maps import Mapping
+from hotpatch.process.memory import Memory
+from hotpatch.process.threads import ThreadGroup
+
+
+def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
+    """An existing syscall instruction: vdso first (small, always there), then other code."""
+    ordered = sorted((m for m in maps if m.executable and m.readable),
+                     key=lambda m: (m.path != "[vdso]", "libc" not in m.path, m.start))
+    for m in ordered:
+        if m.path == "[vsyscall]":
+            continue
+        pos, chunk = m.start, 1 << 16
+        while pos < m.end:
+            data = mem.read_available(pos, min(chunk, m.end - pos))
+            if not data:
+                break
+            i = data.find(arch.syscall_insn)
+            while i >= 0:
+                if (pos + i) % arch.syscall_insn_align == 0:
+                    return pos + i
+                i = data.find(arch.syscall_insn, i + 1)
+            pos += len(data) - len(arch.syscall_insn) + 1
+    raise TraceError("no syscall instruction found in the process's code")
+
+
+class RemoteSyscalls:
+    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int):
+        self.arch, self.threads, self.gadget = arch, threads, gadget
+        self.count = 0
+
+    def call(self, tid: int, name: str, *args: int) -> int:
+        """Run one syscall in stopped thread `tid`; returns its result (negative errno on failure).
+
+        Never abandoned half-way: a thread left running with hijacked
+        registers would crash the process.
+        """
+        with self.threads.waiter.uninterruptible():
+            return self._call(tid, name, *args)
+
+    def _call(self, tid: int, name: str, *args: int) -> int:
+        arch, threads = self.arch, self.threads
+        try:
+            saved = P.get_regs(tid, arch.regs_type)
+        except ThreadGone as e:
+            raise ProcessGone(f"thread {tid} exited before a remote {name}") from e
+        args6 = (list(args) + [0] * 6)[:6]   # unused argument registers zeroed: what a seccomp filter sees
+        nr = arch.syscall_numbers[name]
+        hijacked = arch.hijack_for_syscall(saved, self.gadget, nr, args6)
+        after = arch.after_syscall_insn(self.gadget)
+        deadline = time.monotonic() + threads.stop_timeout
+        was_group_stop = threads.tracees[tid].group_stop
+        result = None
+        with threads.stepping(tid):
+            try:
+                while result is None:
+                    P.set_regs(tid, hijacked)
+                    status = threads.single_step(tid, deadline)
+                    if status is None:
+                        raise ProcessGone(f"thread {tid} exited during a remote {name}")
+                    regs = P.get_regs(tid, arch.regs_type)
+                    if arch.pc(regs) == after:
+                        result = arch.syscall_result(regs)
+                    sig, event = os.WSTOPSIG(status), status >> 16
+                    if event or sig == signal.SIGTRAP:
+                        continue
+                    # A real signal arrived: deliver it on the original registers,
+                    # never on hijacked ones, then take the thread back. It may
+                    # stop anywhere, inside the handler too: what it is now is
+                    # what must be restored, not what it was (restoring the old
+                    # registers would skip the handler's sigreturn and leave the
+                    # signal blocked for good).
+                    P.set_regs(tid, saved)
+                    threads.deliver_signal(tid, sig)
+                    saved = P.get_regs(tid, arch.regs_type)
+                    hijacked = arch.hijack_for_syscall(saved, self.gadget, nr, args6)
+                P.set_regs(tid, saved)
+                if was_group_stop:
+                    threads.back_to_group_stop(tid, deadline)
+            except ThreadGone as e:
+                raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
+            finally:
+                if tid in threads.tracees:
+                    try:
+                        P.set_regs(tid, saved)
+                    except ThreadGone:
+                        pass
+        self.count += 1
+        return result
+
+    def checked(self, tid: int, name: str, *args: int) -> int:
+        result = self.call(tid, name, *args)
+        if -4095 <= result < 0:
+            raise RemoteSyscallError(name, -result)
+        return result

@@ -1,1 +1,0 @@
-"""A live process: threads, registers, memory, mappings, remote syscalls."""
