@@ -10,8 +10,7 @@ import os
 import sys
 
 from hotpatch import __version__
-from hotpatch.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError,
-                             UsageError)
+from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError, UsageError
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 COMMANDS = ("apply", "build", "list", "revert", "info", "demo")

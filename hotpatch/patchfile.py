@@ -9,9 +9,8 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 
-from hotpatch.errors import ELFFormatError
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
-from hotpatch.errors import InvalidPatch
+from hotpatch.errors import ELFFormatError, InvalidPatch
 
 MAGIC = b"HOTPATCH"
 VERSION = 1

@@ -30,7 +30,7 @@ class DynamicSymbols:
                  versym: bytes | None, relas: list[bytes]):
         self.dynsym, self.dynstr, self.versym, self.relas = dynsym, dynstr, versym, relas
         self.count = len(dynsym) // _SYM.size
-        self._table = None
+        self._table: dict[bytes, list[int]] | None = None
         if gnu_hash_data and len(gnu_hash_data) >= 16:
             nbuckets, self.symoffset, bloom_size, _ = struct.unpack_from("<IIII", gnu_hash_data)
             buckets_at = 16 + 8 * bloom_size

@@ -22,7 +22,7 @@ def _dynamic(path: str) -> tuple[list[str], list[str]]:
             if isinstance(sec, DynamicSection):
                 for tag in sec.iter_tags():
                     if tag.entry.d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)
+                        needed.append(getattr(tag, "needed"))
                     elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
                         origin = os.path.dirname(os.path.abspath(path))
                         runpath += [p.replace("$ORIGIN", origin) for p in

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
 
-from hotpatch.errors import ELFFormatError
 from hotpatch.elf.image import MACHINE_NAMES
+from hotpatch.errors import ELFFormatError
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400
 SHT_PROGBITS, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 4, 8, 9
@@ -133,7 +135,10 @@ def _parse(data: bytes) -> RelocatableObject:
     if symtab_index is None:
         raise ELFFormatError("no symbol table")
     symbols = []
-    for i, sym in enumerate(elf.get_section(symtab_index).iter_symbols()):
+    symtab = elf.get_section(symtab_index)
+    if not isinstance(symtab, SymbolTableSection):
+        raise ELFFormatError("the symbol table cannot be read")
+    for i, sym in enumerate(symtab.iter_symbols()):
         info = sym["st_info"]
         kind = info["type"].removeprefix("STT_").lower() if isinstance(info["type"], str) else "unknown"
         bind = info["bind"].removeprefix("STB_").lower() if isinstance(info["bind"], str) else "unknown"
@@ -148,6 +153,8 @@ def _parse(data: bytes) -> RelocatableObject:
     relocations: dict[int, list[Relocation]] = {}
     for index in rela_indexes:
         sec = elf.get_section(index)
+        if not isinstance(sec, RelocationSection):
+            raise ELFFormatError(f"relocation section {sec.name!r} cannot be read")
         target = sec.header["sh_info"]
         if sec.header["sh_link"] != symtab_index:
             raise ELFFormatError(f"relocation section {sec.name!r} does not use the symbol table")

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from hotpatch.errors import ELFFormatError
 from hotpatch.elf.image import ElfImage
+from hotpatch.errors import ELFFormatError
 
 DEFAULT_DEBUG_DIRS = ("/usr/lib/debug",)
 

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hotpatch.arch.base import Arch
-from hotpatch.elf.relocatable import (SHF_EXECINSTR, SHF_TLS, SHF_WRITE, SHT_NOBITS,
-                                      RelocatableObject, Section)
 from hotpatch.arch.reloc import check_field_bounds
+from hotpatch.elf.relocatable import SHF_EXECINSTR, SHF_TLS, SHF_WRITE, SHT_NOBITS, RelocatableObject, Section
 from hotpatch.errors import FieldOverflow, InvalidPatch, RelocationError, SymbolNotFound
 from hotpatch.linux import PROT_EXEC, PROT_READ, PROT_WRITE
-
 
 # Sections a patch may carry but that have no place in the image.
 _SKIPPED_TYPES = {7, 17, 0x70000001, 0x6ffffff5, 0x6fff4c03}  # NOTE, GROUP, X86_64_UNWIND, GNU_ATTRIBUTES, LLVM_ADDRSIG
@@ -209,7 +207,7 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
             resolved[sym.name] = address
         return resolved[sym.name]
 
-    key_index = {}
+    key_index: dict[str | int, int] = {}
     for i, sym in enumerate(obj.symbols):
         key_index.setdefault(_symbol_key(obj, i), i)
     got = {}
@@ -250,7 +248,7 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
                         pass
                 raise RelocationError(
                     f"relocation overflow: {rtype.name} at {sec.name}+{r.r_offset:#x} "
-                    f"to {sym.name or obj.sections.get(sym.shndx, sec).name}: {e}",
+                    f"to {sym.name or _section_name(obj, sym.shndx, sec.name)}: {e}",
                     "the patch image could not be placed near enough to the target") from e
 
     symbols = {}
@@ -261,3 +259,8 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
     code = [s for s in plan.segments if s.prot & PROT_EXEC]
     code_range = (base + code[0].offset, base + code[0].offset + code[0].size) if code else (base, base)
     return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range)
+
+
+def _section_name(obj: RelocatableObject, shndx: int | str, default: str) -> str:
+    section = obj.sections.get(shndx) if isinstance(shndx, int) else None
+    return section.name if section else default

@@ -9,8 +9,17 @@ import os
 
 from hotpatch.errors import RemoteSyscallError
 from hotpatch.link.linker import LayoutPlan, LinkedImage
-from hotpatch.linux import (EEXIST, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, NO_FD, PR_SET_VMA,
-                            PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ)
+from hotpatch.linux import (
+    EEXIST,
+    MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    NO_FD,
+    PR_SET_VMA,
+    PR_SET_VMA_ANON_NAME,
+    PROT_EXEC,
+    PROT_READ,
+)
 from hotpatch.live import records
 from hotpatch.live.placement import candidate_addresses
 from hotpatch.process.attach import Process

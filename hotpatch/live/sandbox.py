@@ -11,8 +11,17 @@ from dataclasses import dataclass
 
 from hotpatch.arch.base import Arch
 from hotpatch.errors import SeccompFilterError, SeccompForbidden, SeccompUnverifiable
-from hotpatch.linux import (MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, NO_FD, PR_SET_VMA,
-                            PR_SET_VMA_ANON_NAME, PROT_EXEC, PROT_READ, PROT_WRITE)
+from hotpatch.linux import (
+    MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    NO_FD,
+    PR_SET_VMA,
+    PR_SET_VMA_ANON_NAME,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
 from hotpatch.process.attach import Process
 from hotpatch.process.seccomp import NOTHING_CHANGED, process_of
 from hotpatch.safety import seccomp as S

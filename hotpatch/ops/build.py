@@ -22,8 +22,7 @@ from hotpatch.elf.image import ElfImage
 from hotpatch.elf.needed import needed_closure
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
-from hotpatch.errors import (AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound,
-                             UsageError)
+from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
 # -ffunction-sections keeps each function apart for the linker; no unwind
@@ -192,7 +191,7 @@ def _check_external(obj: RelocatableObject, external: list[str], binary_path: st
                 "it may have been inlined or removed by the compiler when the binary was built")
         raise SymbolNotFound(
             f"{name} is defined neither in {os.path.basename(binary_path)} nor in the libraries it "
-            f"loads ({', '.join(os.path.basename(l) for l in libs) or 'none'}): {hint}",
+            f"loads ({', '.join(os.path.basename(lib) for lib in libs) or 'none'}): {hint}",
             f"define {name} in the patch itself (static)")
 
 

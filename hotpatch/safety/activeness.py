@@ -14,7 +14,6 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-
 # Return addresses saved by PAC-signed code (aarch64 -mbranch-protection) carry
 # the signature in their top bits: compare the low 48 bits only. Conservative
 # everywhere: a stray word matching in its low 48 bits only means waiting.

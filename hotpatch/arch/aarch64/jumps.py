@@ -9,9 +9,25 @@ the only kind of register (with x17) from which an indirect `br` may land on a
 import struct
 from typing import Callable
 
-from hotpatch.arch.aarch64.insn import (ADD_X16_X16, ADRP_PAGE, ADRP_X16, B, BR_X16, BRK_0, BTI_C, IMM26,
-                                        LANDING_PADS, LDR_X16_LIT8, LDR_X16_X16, PAC_ENTRIES, encode,
-                                        first_word, lo12_field, page, word)
+from hotpatch.arch.aarch64.insn import (
+    ADD_X16_X16,
+    ADRP_PAGE,
+    ADRP_X16,
+    BR_X16,
+    BRK_0,
+    BTI_C,
+    IMM26,
+    LANDING_PADS,
+    LDR_X16_LIT8,
+    LDR_X16_X16,
+    PAC_ENTRIES,
+    B,
+    encode,
+    first_word,
+    lo12_field,
+    page,
+    word,
+)
 from hotpatch.arch.base import Branch
 from hotpatch.errors import FieldOverflow, FunctionTooShort, RelocationError
 
