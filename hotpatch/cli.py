@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return run(args)
     except HotpatchError as e:
-        return fail(e.exit_code, e.kind, e.line(), want_json)
+        return fail(e.exit_code, e.kind, e.line(), want_json, e.details)
     except KeyboardInterrupt:   # before the handlers are installed: nothing was changed yet
         return fail(EXIT_INTERRUPTED, "interrupted", "interrupted by SIGINT", want_json)
     except Exception as e:  # a bug: still one line, never a half-printed traceback
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def fail(code: int, kind: str, line: str, want_json: bool) -> int:
+def fail(code: int, kind: str, line: str, want_json: bool, details: dict | None = None) -> int:
     if want_json:
-        print(json.dumps({"status": "error", "error": kind, "message": line, "exit_code": code}))
+        print(json.dumps({"status": "error", "error": kind, "message": line, "exit_code": code, **(details or {})}))
     else:
         print(f"hotpatch: {line}", file=sys.stderr)
     return code

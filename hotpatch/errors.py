@@ -37,10 +37,11 @@ class HotpatchError(Exception):
     exit_code = EXIT_INTERNAL
     kind = "internal"
 
-    def __init__(self, message: str, remedy: str | None = None):
+    def __init__(self, message: str, remedy: str | None = None, details: dict | None = None):
         super().__init__(message)
         self.message = message
         self.remedy = remedy
+        self.details = details or {}   # the evidence, for --json (a busy thread's backtrace)
 
     def line(self) -> str:
         """One printable line: names from a hostile patch file cannot break it or drive a terminal."""

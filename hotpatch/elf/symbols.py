@@ -80,6 +80,7 @@ class SymbolTable:
         # gap to the next symbol as its extent.
         self._clones: dict[str, list[Symbol]] | None = None
         self._starts = sorted({s.value for s in symbols if s.kind in ("func", "ifunc", "notype")})
+        self._code: list[Symbol] | None = None   # code symbols by address, built on first at()
 
     def candidates(self, name: str, kinds: tuple[str, ...] | None = None) -> list[Symbol]:
         found = self._by_name.get(name, [])
@@ -96,6 +97,21 @@ class SymbolTable:
         end = sym.value + sym.size
         i = bisect.bisect_right(self._starts, end - 1 if sym.size else sym.value)
         return self._starts[i] - end if i < len(self._starts) else 0
+
+    def at(self, vaddr: int) -> Symbol | None:
+        """The function containing link-time address `vaddr` (a global name preferred over a local alias)."""
+        if self._code is None:
+            code = [s for syms in self._by_name.values() for s in syms if s.kind in ("func", "ifunc") and s.name]
+            code.sort(key=lambda s: (s.value, s.bind == "local"))
+            self._code = code
+            self._code_starts = [s.value for s in code]
+        i = bisect.bisect_right(self._code_starts, vaddr) - 1
+        while i >= 0 and self._code[i].value == self._code[max(i - 1, 0)].value and i > 0:
+            i -= 1   # the first (global) of the aliases at that address
+        if i < 0:
+            return None
+        sym = self._code[i]
+        return sym if sym.value <= vaddr < sym.value + max(self.extent(sym), 1) else None
 
     def clones_of(self, name: str) -> list[Symbol]:
         """Compiler clones (f.isra.0, f.constprop.0, f.part.0) that callers may use instead of f."""

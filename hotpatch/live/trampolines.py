@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hotpatch.arch.base import Arch, Branch
 from hotpatch.link.linker import LinkedImage
+from hotpatch.live.records import PatchRecord
 from hotpatch.live.transaction import Transaction
 from hotpatch.patchfile import PatchMeta
 from hotpatch.process.memory import Memory
@@ -39,12 +40,25 @@ def plan(meta: PatchMeta, module: Module, image: LinkedImage, arch: Arch, mem: M
     return out
 
 
-def guarded_ranges(meta: PatchMeta, module: Module) -> RangeSet:
-    """The replaced functions' code (their .cold parts included): no thread may be in it at the switch."""
-    return RangeSet([GuardedRange(module.bias + fn.offset, module.bias + fn.offset + fn.room, fn.name)
-                     for fn in meta.replace] +
-                    [GuardedRange(module.bias + off, module.bias + off + size, fn.name + ".cold")
-                     for fn in meta.replace for off, size in fn.cold])
+def guarded_ranges(meta: PatchMeta, module: Module, applied: list[PatchRecord]) -> RangeSet:
+    """Where no thread may be at the switch: the replaced functions (their .cold parts included) and,
+    for a function an earlier patch replaced, that patch's code: the version running now."""
+    ranges = [GuardedRange(module.bias + fn.offset, module.bias + fn.offset + fn.room, fn.name)
+              for fn in meta.replace]
+    ranges += [GuardedRange(module.bias + off, module.bias + off + size, fn.name + ".cold")
+               for fn in meta.replace for off, size in fn.cold]
+    for fn in meta.replace:
+        entry = module.bias + fn.offset
+        newest = next((r for r in reversed(applied) if any(f.entry == entry for f in r.functions)), None)
+        if newest is None:
+            continue
+        # The record keeps where each version starts, not its size: it runs
+        # to the next replacing function of that image, or the image's code end.
+        starts = sorted({f.new for f in newest.functions} | {newest.code[1]})
+        new = next(f.new for f in newest.functions if f.entry == entry)
+        end = next(a for a in starts if a > new) if new < newest.code[1] else new
+        ranges.append(GuardedRange(new, end, f"{fn.name} (patch {newest.id})"))
+    return RangeSet(ranges)
 
 
 def switch(tramps: list[Trampoline], mem: Memory, tx: Transaction, steps: Steps) -> None:

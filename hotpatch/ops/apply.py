@@ -69,7 +69,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     intended = addresses[0] if addresses else image.ANYWHERE
     linked = plan.link(intended, resolved.get)
     tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
-    guarded = trampolines.guarded_ranges(meta, module)
+    guarded = trampolines.guarded_ranges(meta, module, applied)
     if dry_run:
         attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)

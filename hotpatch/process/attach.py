@@ -158,7 +158,8 @@ class Process:
             pointers.append(ptrs)
             ranges.append((sp, (end - sp) & ~7))   # whole words: see Snapshot
         self._stacks, starts = self.mem.read_joined(ranges, self._stacks)
-        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges))
+        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges),
+                        [sp for sp, _ in ranges])
 
     # -- system calls made in the process ---------------------------------
     def remote(self) -> RemoteSyscalls:

@@ -12,7 +12,7 @@ import array
 import bisect
 import itertools
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Return addresses saved by PAC-signed code (aarch64 -mbranch-protection) carry
 # the signature in their top bits: compare the low 48 bits only. Conservative
@@ -41,9 +41,11 @@ class Snapshot:
     stacks: bytes | bytearray         # every thread's stack from its sp, one after another
     starts: list[int]                 # where each thread's part begins in `stacks`
     size: int                         # bytes of `stacks` in use (a reused buffer may be longer)
+    bases: list[int] = field(default_factory=list)   # the address (sp) each thread's part was read from
 
     @classmethod
-    def join(cls, threads: "list[tuple[int, tuple[int, ...], bytes]]") -> "Snapshot":
+    def join(cls, threads: "list[tuple[int, tuple[int, ...], bytes]]",
+             bases: list[int] | None = None) -> "Snapshot":
         """From (tid, pointers, stack) triples: for tests and small callers."""
         parts, starts, pos = [], [], 0
         for _, _, stack in threads:
@@ -51,7 +53,21 @@ class Snapshot:
             stack = stack[:len(stack) // 8 * 8]
             parts.append(stack)
             pos += len(stack)
-        return cls([t[0] for t in threads], [t[1] for t in threads], b"".join(parts), starts, pos)
+        return cls([t[0] for t in threads], [t[1] for t in threads], b"".join(parts), starts, pos,
+                   bases if bases is not None else [0] * len(threads))
+
+    def reader(self, index: int):
+        """read_word(address) -> int | None over thread `index`'s captured stack."""
+        base, start = self.bases[index], self.starts[index]
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+        data, unpack_from, limit = self.stacks, _WORD.unpack_from, end - start - 8
+
+        def read_word(address: int) -> int | None:
+            at = address - base
+            if at < 0 or at > limit:
+                return None
+            return unpack_from(data, start + at)[0]
+        return read_word
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,25 @@ class RangeSet:
         if i >= 0 and address < self.ranges[i].end:
             return self.ranges[i]
         return None
+
+    def all_words(self, data: bytes | bytearray, end: int | None = None) -> list[tuple[int, GuardedRange]]:
+        """Every 8-byte-aligned little-endian word of data[:end] inside a range: (offset, range), by offset."""
+        hits = []
+        end = len(data) if end is None else end
+        find, unpack_from = data.find, _WORD.unpack_from
+        for k, needle in self.needles:
+            judged: dict[int, GuardedRange | None] = {}   # a thousand idle threads hold the same word
+            pos = find(needle, k, end)
+            while pos >= 0:
+                word_at = pos - k
+                if word_at & 7 == 0 and word_at + 8 <= end:
+                    value = unpack_from(data, word_at)[0] & ADDRESS_BITS
+                    r = judged[value] if value in judged else judged.setdefault(value, self.find(value))
+                    if r is not None:
+                        hits.append((word_at, r))
+                pos = find(needle, pos + 1, end)
+        hits.sort(key=lambda h: h[0])
+        return hits
 
     def scan_words(self, data: bytes | bytearray, end: int | None = None) -> tuple[int, GuardedRange] | None:
         """First 8-byte-aligned little-endian word of data[:end] inside a range: (offset, range)."""
@@ -166,3 +201,48 @@ def find_busy(snapshot: Snapshot, ranges: RangeSet) -> BusyThread | None:
     tid = snapshot.tids[bisect.bisect_right(snapshot.starts, offset) - 1]
     value = int.from_bytes(snapshot.stacks[offset:offset + 8], "little") & ADDRESS_BITS
     return BusyThread(tid, r.label, "will return into", value)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A thread holding code pointers into the guarded ranges: busy unless its real frames say otherwise.
+
+    executing: its pc is inside a range (always busy); lr_hit: a register that
+    may hold a live return address (aarch64 LR) is; words: (address in its
+    stack, range) of every stack word inside a range, lowest first.
+    """
+    index: int
+    tid: int
+    executing: BusyThread | None
+    lr_hit: BusyThread | None
+    words: tuple[tuple[int, GuardedRange], ...]
+
+    @property
+    def highest(self) -> int:
+        """The highest stack address a walk must pass to account for every word (0 when none)."""
+        return self.words[-1][0] if self.words else 0
+
+
+def find_suspects(snapshot: Snapshot, ranges: RangeSet) -> list[Suspect]:
+    """Every thread with a candidate pointer.
+
+    The C-speed scan of find_busy, keeping every hit: a thread with none is
+    safe without unwinding.
+    """
+    by_thread: dict[int, dict] = {}
+    for i, ptrs in enumerate(snapshot.pointers):
+        for j, value in enumerate(ptrs):
+            r = ranges.find(value & ADDRESS_BITS)
+            if r is None:
+                continue
+            how = "is executing" if j == 0 else "will return into"
+            entry = by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
+            entry["executing" if j == 0 else "lr"] = BusyThread(snapshot.tids[i], r.label, how,
+                                                                value & ADDRESS_BITS)
+    starts = snapshot.starts
+    for offset, r in ranges.all_words(snapshot.stacks, snapshot.size):
+        i = bisect.bisect_right(starts, offset) - 1
+        entry = by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
+        entry["words"].append((snapshot.bases[i] + offset - starts[i], r))
+    return [Suspect(i, snapshot.tids[i], e["executing"], e["lr"], tuple(e["words"]))
+            for i, e in sorted(by_thread.items())]
