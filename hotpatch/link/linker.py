@@ -5,7 +5,7 @@ address is known: `plan_layout` fixes every offset and the total size without
 knowing the base; `LayoutPlan.link` then resolves and relocates at a base.
 
 Image layout (each part page-aligned, permissions never W and X together):
-    r--  record header, read-only data, GOT slots
+    r--  record header, read-only data, .eh_frame (zero-terminated), GOT slots
     r-x  code, call stubs
     rw-  data, bss
 """
@@ -21,7 +21,11 @@ from hotpatch.linux import PROT_EXEC, PROT_READ, PROT_WRITE
 
 # Sections a patch may carry but that have no place in the image.
 _SKIPPED_TYPES = {7, 17, 0x70000001, 0x6ffffff5, 0x6fff4c03}  # NOTE, GROUP, X86_64_UNWIND, GNU_ATTRIBUTES, LLVM_ADDRSIG
-_SKIPPED_NAMES = (".eh_frame", ".note", ".comment")
+_SKIPPED_NAMES = (".note", ".comment")
+# The call frame information is kept (unwinders walk patch frames with it);
+# on x86-64 it has type SHT_X86_64_UNWIND, so it is known by name.
+EH_FRAME = ".eh_frame"
+EH_FRAME_TERMINATOR = 4   # a zero length word ends the list, as crtend.o's does in a linked binary
 _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
@@ -45,6 +49,8 @@ class LinkedImage:
     segments: list[Segment]
     symbols: dict[str, int]          # global symbols defined by the patch
     code_range: tuple[int, int]      # [start, end) of the r-x part
+    eh_frame: tuple[int, int] | None = None   # [start, end) of .eh_frame (terminator included)
+    sizes: dict[str, int] = field(default_factory=dict)   # st_size of each global function
 
     def segment_bytes(self, seg: Segment) -> bytes:
         return bytes(self.data[seg.offset:seg.offset + seg.size])
@@ -64,6 +70,7 @@ class LayoutPlan:
     segments: list[Segment]
     size: int
     undefined: list[str] = field(default_factory=list)
+    eh_frame: tuple[int, int] | None = None   # offset and size of .eh_frame (terminator included)
 
     def link(self, base: int, resolve: Resolver) -> LinkedImage:
         return _link(self, base, resolve)
@@ -74,6 +81,8 @@ def _align(value: int, alignment: int) -> int:
 
 
 def _classify(sec: Section) -> str | None:
+    if sec.alloc and sec.name == EH_FRAME:
+        return "eh_frame"
     if not sec.alloc or sec.sh_type in _SKIPPED_TYPES or sec.name.startswith(_SKIPPED_NAMES):
         return None
     if sec.sh_flags & SHF_TLS:
@@ -97,7 +106,7 @@ def _symbol_key(obj: RelocatableObject, index: int) -> str | int:
 
 
 def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size: int = 4096) -> LayoutPlan:
-    groups: dict[str, list[Section]] = {"rodata": [], "text": [], "data": [], "bss": []}
+    groups: dict[str, list[Section]] = {"rodata": [], "eh_frame": [], "text": [], "data": [], "bss": []}
     for sec in obj.sections.values():
         kind = _classify(sec)
         if kind:
@@ -145,6 +154,13 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     segments = []
     start = 0
     place(groups["rodata"])
+    eh_frame = None
+    if groups["eh_frame"]:
+        pos = _align(pos, 8)
+        eh_start = pos
+        place(groups["eh_frame"])
+        pos += EH_FRAME_TERMINATOR   # the image is zero-filled
+        eh_frame = (eh_start, pos - eh_start)
     got_offset = _align(pos, 8)
     pos = got_offset + 8 * len(got_keys)
     segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ))
@@ -164,7 +180,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
         raise InvalidPatch(f"the patch image would take {size >> 20} MiB; at most {MAX_IMAGE_SIZE >> 20} MiB "
                            "is allowed", "a patch holds replacement functions, not a program")
     return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
-                      stub_offset, list(stub_keys), segments, size, list(undefined))
+                      stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame)
 
 
 def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
@@ -251,14 +267,16 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
                     f"to {sym.name or _section_name(obj, sym.shndx, sec.name)}: {e}",
                     "the patch image could not be placed near enough to the target") from e
 
-    symbols = {}
+    symbols, sizes = {}, {}
     for sym in obj.symbols:
         if sym.bind != "local" and sym.name and isinstance(sym.shndx, int) \
                 and sym.shndx in plan.section_offsets:
             symbols[sym.name] = base + plan.section_offsets[sym.shndx] + sym.value
+            sizes[sym.name] = sym.size
     code = [s for s in plan.segments if s.prot & PROT_EXEC]
     code_range = (base + code[0].offset, base + code[0].offset + code[0].size) if code else (base, base)
-    return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range)
+    eh_frame = (base + plan.eh_frame[0], base + sum(plan.eh_frame)) if plan.eh_frame else None
+    return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range, eh_frame, sizes)
 
 
 def _section_name(obj: RelocatableObject, shndx: int | str, default: str) -> str:

@@ -33,6 +33,7 @@ class SwitchedFunction:
     new: int         # replacing function
     saved: str       # hex: bytes at site before (original, or an earlier patch's jump)
     written: str     # hex: the jump
+    size: int = 0    # bytes of the replacing function (0 in records of hotpatch 0.1.0)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PatchRecord:
     size: int
     code: list[int]                  # [start, end) of the image's executable part
     functions: list[SwitchedFunction]
+    eh_frame: list[int] | None = None   # [start, end) of the image's .eh_frame, if the patch has one
 
     def header_bytes(self, size: int) -> bytes:
         body = json.dumps(asdict(self), sort_keys=True).encode()
@@ -84,8 +86,8 @@ def header_size_for(functions: list[str], patch_name: str, module: str, page_siz
     big = (1 << 64) - 1
     worst = PatchRecord(big, patch_name, "f" * 64, "2026-01-01T00:00:00.000000+00:00", "x" * 16,
                         "f" * 64, module, big, big, big, [big, big],
-                        [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX)
-                         for name in functions])
+                        [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX, big)
+                         for name in functions], [big, big])
     body = len(json.dumps(asdict(worst), sort_keys=True).encode())
     return (JSON_OFFSET + body + page_size - 1) // page_size * page_size
 

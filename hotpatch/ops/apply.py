@@ -87,7 +87,8 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         hotpatch_version=__version__, build_id=meta.target_build_id, module=module.path,
         bias=module.bias, base=base, size=plan.size, code=list(linked.code_range),
         functions=[records.SwitchedFunction(t.name, t.entry, t.branch.site, t.new, t.saved.hex(),
-                                            t.branch.code.hex()) for t in tramps])
+                                            t.branch.code.hex(), linked.sizes.get(t.name, 0)) for t in tramps],
+        eh_frame=list(linked.eh_frame) if linked.eh_frame else None)
     image.fill(proc, linked, record, header_size)
     steps.mark("filled")
 

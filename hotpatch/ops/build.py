@@ -25,10 +25,10 @@ from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
-# -ffunction-sections keeps each function apart for the linker; no unwind
-# tables, because the image has no .eh_frame registration in the process.
+# -ffunction-sections keeps each function apart for the linker; unwind
+# tables let unwinders (hotpatch's activeness check first) walk patch frames.
 BASE_CFLAGS = ["-c", "-O2", "-fPIC", "-fno-common", "-ffunction-sections", "-fdata-sections",
-               "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-ident"]
+               "-fasynchronous-unwind-tables", "-fno-ident"]
 
 
 def pick_compiler(arch: Arch) -> str:
