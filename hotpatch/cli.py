@@ -13,7 +13,7 @@ from hotpatch import __version__
 from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError, UsageError
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-COMMANDS = ("apply", "build", "list", "revert", "info", "demo")
+COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "demo")
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,10 +54,18 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("revert", help="undo the newest patch (or one, or all)", epilog=EPILOG,
                        formatter_class=fmt)
     r.add_argument("pid", type=int)
-    r.add_argument("patch_id", type=int, nargs="?")
-    r.add_argument("--all", action="store_true")
-    r.add_argument("--timeout", type=float, default=10.0)
+    r.add_argument("patch_id", type=int, nargs="?", help="the patch to revert (default: the newest)")
+    r.add_argument("--all", action="store_true", help="revert every patch, newest first")
+    r.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for threads to leave the patches' code (default 10)")
     r.add_argument("--json", action="store_true")
+
+    g = sub.add_parser("gc", help="free the images of reverted patches once nothing points into them",
+                       epilog=EPILOG, formatter_class=fmt)
+    g.add_argument("pid", type=int)
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for threads to leave the images (default 10)")
+    g.add_argument("--json", action="store_true")
 
     i = sub.add_parser("info", help="describe a patch file", epilog=EPILOG, formatter_class=fmt)
     i.add_argument("patch")
@@ -85,7 +93,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
-    if argv and argv[0] in ("apply", "revert"):
+    if argv and argv[0] in ("apply", "revert", "gc"):
         # First of all: from here a termination request is a flag the
         # transaction honours at a safe point, never an exception anywhere.
         from hotpatch.steps import install_termination_handlers
@@ -136,9 +144,13 @@ def run(args) -> int:
         report = revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
         emit(args, report, f"reverted patch {', '.join(map(str, report['reverted']))} "
              f"({', '.join(report['patches'])}) in process {report['pid']}")
-        for u in report["unfreed"]:
-            sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
-                             f"({u['reason']}); it is unreachable; `hotpatch revert {report['pid']}` frees it\n")
+        warn_kept(report)
+    elif args.command == "gc":
+        from hotpatch.ops.gc import gc
+        report = gc(args.pid, timeout=args.timeout)
+        emit(args, report, f"freed {len(report['freed'])} image(s) in process {report['pid']}"
+             + (f" (patch {', '.join(map(str, report['freed']))})" if report["freed"] else ""))
+        warn_kept(report)
     elif args.command == "list":
         from hotpatch.ops.listing import list_patches
         patches = list_patches(args.pid)
@@ -176,6 +188,16 @@ def run(args) -> int:
         from hotpatch.demo import run_demo
         return run_demo()
     return 0
+
+
+def warn_kept(report: dict) -> None:
+    pid = report["pid"]
+    for u in report["unfreed"]:
+        sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
+                         f"({u['reason']}); it is unreachable; `hotpatch revert {pid}` frees it\n")
+    for u in report["retired"]:
+        sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']}, "
+                         f"retired: {u['reason']}; `hotpatch gc {pid}` frees it once nothing points there\n")
 
 
 def _meta_dict(m) -> dict:

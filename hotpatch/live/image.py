@@ -1,4 +1,4 @@
-"""The patch image in the process: where it goes, mapping it, filling it.
+"""The patch image in the process: where it goes, mapping it, filling it, and when it may be freed.
 
 Mapped r-x first, then parts tightened to r-- and rw-: never writable and
 executable at once. Filled through /proc/PID/mem while the process runs;
@@ -6,6 +6,7 @@ nothing reaches it until the trampolines are written.
 """
 
 import os
+from dataclasses import dataclass
 
 from hotpatch.errors import RemoteSyscallError
 from hotpatch.link.linker import LayoutPlan, LinkedImage
@@ -25,6 +26,7 @@ from hotpatch.live.placement import candidate_addresses
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import Mapping
 from hotpatch.process.modules import Module
+from hotpatch.safety.activeness import GuardedRange, RangeSet
 
 MAX_PLACEMENT_TRIES = 16
 ANYWHERE = 0x7F00_0000_0000   # a link address for checks when no hole is near: far forms are used
@@ -84,3 +86,49 @@ def fill(proc: Process, image: LinkedImage, record: records.PatchRecord, header_
     """Write the linked image, its record in the header, into the mapping."""
     image.data[:header_size] = record.header_bytes(header_size)
     proc.mem.write(image.base, bytes(image.data))
+
+
+# -- freeing ------------------------------------------------------------------
+
+SCAN_CHUNK = 16 << 20
+MAX_SCAN = 4 << 30   # beyond this much writable memory, a pointer cannot be ruled out: keep the image
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Why an image cannot be freed yet: a word of the process's memory points into its code."""
+    address: int       # where the word is (0 when the scan was cut short)
+    value: int
+    range: GuardedRange
+    mapping: str
+
+    def describe(self) -> str:
+        if not self.address:
+            return f"the process has more than {MAX_SCAN >> 30} GiB of writable memory to search"
+        return f"a pointer into {self.range.label} at {self.address:#x} ({self.mapping or 'anonymous memory'})"
+
+
+def find_reference(proc: Process, ranges: RangeSet, skip: set[int]) -> Reference | None:
+    """The first word of writable memory (outside mappings starting at `skip`) pointing into `ranges`.
+
+    Run while the process runs, after the code was restored: what is found is a
+    function pointer into the image, or a saved context (a parked coroutine)
+    that will return into it. Thread stacks are given in `skip`: their frames
+    were checked precisely while every thread was stopped, and their dead parts
+    hold stale words that mean nothing.
+    """
+    scanned = 0
+    for m in proc.maps():
+        if not (m.readable and m.perms[1] == "w") or m.start in skip or m.path in ("[vvar]", "[vsyscall]"):
+            continue
+        for pos in range(m.start, m.end, SCAN_CHUNK):
+            if scanned >= MAX_SCAN:
+                return Reference(0, 0, ranges.ranges[0], "")
+            data = proc.mem.read_available(pos, min(SCAN_CHUNK, m.end - pos))
+            scanned += len(data)
+            hits = ranges.all_words(data)
+            if hits:
+                offset, r = hits[0]
+                value = int.from_bytes(data[offset:offset + 8], "little")
+                return Reference(pos + offset, value, r, m.path)
+    return None

@@ -5,12 +5,13 @@ name given to the mapping, and a JSON record: which functions were switched,
 the bytes that were there before, the bytes written. `list` and `revert` read
 it back from any later hotpatch process, so nothing lives on the patcher's side.
 
-Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | pad | JSON at 64.
+Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | u32 flags | pad | JSON at 64.
+The flags change after apply (a retired image); the JSON never does.
 """
 
 import json
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from hotpatch.errors import HotpatchError
 from hotpatch.process.maps import Mapping
@@ -19,6 +20,8 @@ from hotpatch.process.memory import Memory
 MAGIC = b"\x7fHOTPATCH-RECORD"
 NAME_OFFSET, NAME_SIZE = 16, 32
 LENGTH_OFFSET = 48
+FLAGS_OFFSET = 52
+FLAG_RETIRED = 1   # reverted, but kept mapped: something may still return into or call its code
 JSON_OFFSET = 64
 _LEN = struct.Struct("<I")
 VMA_NAME_PREFIX = "[anon:hotpatch:"
@@ -51,9 +54,10 @@ class PatchRecord:
     code: list[int]                  # [start, end) of the image's executable part
     functions: list[SwitchedFunction]
     eh_frame: list[int] | None = None   # [start, end) of the image's .eh_frame, if the patch has one
+    retired: bool = field(default=False, metadata={"header": True})   # from the flags, not the JSON
 
     def header_bytes(self, size: int) -> bytes:
-        body = json.dumps(asdict(self), sort_keys=True).encode()
+        body = json.dumps(_json_fields(self), sort_keys=True).encode()
         name = self.vma_name().encode()
         out = bytearray(size)
         out[:16] = MAGIC
@@ -72,13 +76,27 @@ class PatchRecord:
         if len(data) < JSON_OFFSET or data[:16] != MAGIC:
             return None
         (length,) = _LEN.unpack_from(data, LENGTH_OFFSET)
+        (flags,) = _LEN.unpack_from(data, FLAGS_OFFSET)
         body = data[JSON_OFFSET:JSON_OFFSET + length]
         try:
             raw = json.loads(body)
+            raw.pop("retired", None)
             raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
-            return cls(**raw)
+            return cls(**raw, retired=bool(flags & FLAG_RETIRED))
         except (ValueError, TypeError, KeyError):
             return None
+
+
+def _json_fields(record: "PatchRecord") -> dict:
+    raw = asdict(record)
+    raw.pop("retired")
+    return raw
+
+
+def mark_retired(record: PatchRecord, mem: Memory) -> None:
+    """Flag a reverted record whose image must stay mapped (the page is r--: /proc/PID/mem writes it)."""
+    mem.write(record.base + FLAGS_OFFSET, _LEN.pack(FLAG_RETIRED))
+    record.retired = True
 
 
 def header_size_for(functions: list[str], patch_name: str, module: str, page_size: int) -> int:
@@ -88,7 +106,7 @@ def header_size_for(functions: list[str], patch_name: str, module: str, page_siz
                         "f" * 64, module, big, big, big, [big, big],
                         [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX, big)
                          for name in functions], [big, big])
-    body = len(json.dumps(asdict(worst), sort_keys=True).encode())
+    body = len(json.dumps(_json_fields(worst), sort_keys=True).encode())
     return (JSON_OFFSET + body + page_size - 1) // page_size * page_size
 
 

@@ -48,7 +48,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     maps = proc.maps()
     loaded = loaded_modules(proc.pid, maps, proc.mem)
     module = find_module(proc.pid, loaded, meta)
-    applied = records.find_records(maps, proc.mem)
+    applied = [r for r in records.find_records(maps, proc.mem) if not r.retired]
     for r in applied:
         if r.patch_sha256 == patch.sha256:
             raise PatchMismatch(f"this patch is already applied to process {proc.pid} as patch {r.id}",
@@ -74,7 +74,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
 
-    record_id = max((r.id for r in applied), default=0) + 1
+    record_id = max((r.id for r in records.find_records(maps, proc.mem)), default=0) + 1   # retired ones too
     base = image.map_image(proc, plan, addresses, f"hotpatch:{record_id}".encode(), policy.name_vmas)
     tx.on_undo("unmap the image", lambda: proc.syscall("munmap", base, plan.size))
     steps.mark("mapped")

@@ -12,7 +12,7 @@ def list_patches(pid: int) -> list[dict]:
     try:
         found = records.find_records(read_maps(pid), mem)
         return [{"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
-                 "status": "active" if records.is_active(r, mem) else "inactive",
+                 "status": "retired" if r.retired else "active" if records.is_active(r, mem) else "inactive",
                  "image": {"base": hex(r.base), "size": r.size},
                  "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
                                for f in r.functions]} for r in found]

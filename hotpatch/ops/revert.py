@@ -1,13 +1,16 @@
 """revert: restore the bytes a patch replaced, in one stop, then free its image.
 
 The restore is the commit point; freeing the image comes after the other
-threads run again, through one thread kept stopped. A failure to free cannot
-undo the revert: it is reported (the image stays mapped, unreachable) and a
-later revert frees it.
+threads run again, through one thread kept stopped. An image is freed only
+when no word of the process's writable memory points into its code (a
+function pointer, a parked coroutine's saved context); otherwise it is
+retired: kept mapped, unreachable through the functions, shown by `list`, and
+freed by `hotpatch gc PID` once nothing points into it. A failure to unmap
+cannot undo the revert either: it is reported and a later revert frees it.
 """
 
 from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
-from hotpatch.live import records, sandbox, transition
+from hotpatch.live import image, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
 from hotpatch.process.memory import Memory
@@ -28,7 +31,8 @@ def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, time
 def choose(pid: int, applied: list[PatchRecord], patch_id: int | None, revert_all: bool) -> list[PatchRecord]:
     """The records to revert, newest first; refuses one a newer, kept patch builds on."""
     if not applied:
-        raise UsageError(f"no patch is applied to process {pid}")
+        raise UsageError(f"no patch is applied to process {pid}",
+                         "nothing to revert (`hotpatch list` shows retired images; `hotpatch gc` frees them)")
     if revert_all:
         chosen = list(applied)
     elif patch_id is None:
@@ -79,30 +83,48 @@ def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps) -> None:
 
 def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
     sandbox.check_process(proc)
-    chosen = choose(proc.pid, records.find_records(proc.maps(), proc.mem), patch_id, revert_all)
-    guarded = RangeSet([GuardedRange(r.code[0], r.code[1], f"the code of patch {r.id}") for r in chosen])
+    applied = [r for r in records.find_records(proc.maps(), proc.mem) if not r.retired]
+    chosen = choose(proc.pid, applied, patch_id, revert_all)
 
-    attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+    attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps)
     restore(chosen, proc.mem, steps)
     steps.mark("switched", abortable=False)   # the commit point: reverted, the rest only frees memory
 
     # No thread runs or returns into the images and nothing jumps there now:
-    # the others go while one thread unmaps them.
+    # the others go while one thread frees them.
+    thread_stacks = proc.stack_mappings()
     proc.detach_all(keep=proc.syscall_thread())
     steps.mark("resumed", abortable=False)
-    unfreed = []
+    freed, retired, unfreed = free_images(proc, chosen, thread_stacks, steps)
+    steps.mark("unmapped", abortable=False)
+    proc.detach_all()
+    return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
+            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
+            "freed": freed, "retired": retired, "unfreed": unfreed}
+
+
+def code_ranges(chosen: list[PatchRecord]) -> RangeSet:
+    return RangeSet([GuardedRange(r.code[0], r.code[1], f"the code of patch {r.id}") for r in chosen])
+
+
+def free_images(proc: Process, chosen: list[PatchRecord], thread_stacks: set[int],
+                steps: Steps) -> tuple[list[int], list[dict], list[dict]]:
+    """Unmap each image nothing points into; retire the others. (freed ids, retired, unmap failures)."""
+    freed, retired, unfreed = [], [], []
     for r in chosen:
+        ref = image.find_reference(proc, code_ranges([r]), thread_stacks)
+        if ref is not None:
+            records.mark_retired(r, proc.mem)
+            retired.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": ref.describe()})
+            continue
         try:
             steps.mark("unmapping")
             proc.syscall("munmap", r.base, r.size)
+            freed.append(r.id)
         except HotpatchError as e:
             if not proc.alive():
                 raise
             # The code is restored and the image unreachable: the revert
             # stands; the memory stays until a later revert frees it.
             unfreed.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": e.message})
-    steps.mark("unmapped", abortable=False)
-    proc.detach_all()
-    return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
-            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
-            "unfreed": unfreed}
+    return freed, retired, unfreed

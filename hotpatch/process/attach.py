@@ -161,6 +161,16 @@ class Process:
         return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges),
                         [sp for sp, _ in ranges])
 
+    def stack_mappings(self) -> set[int]:
+        """Start addresses of the mappings that hold a stopped thread's stack pointer."""
+        index, out = MapIndex(self.maps()), set()
+        for tid in self.threads.stopped_tids(usable_only=False):
+            view = self.threads.view(tid)
+            m = index.find(view[1]) if view is not None else None
+            if m is not None:
+                out.add(m.start)
+        return out
+
     # -- system calls made in the process ---------------------------------
     def remote(self) -> RemoteSyscalls:
         if self._remote is None:
