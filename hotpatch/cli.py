@@ -137,6 +137,8 @@ def run(args) -> int:
         from hotpatch.ops.apply import apply
         report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
         emit(args, report, describe_apply(report))
+        for w in report.get("warnings", []):
+            sys.stderr.write(f"hotpatch: warning: {w}\n")
     elif args.command == "revert":
         from hotpatch.ops.revert import revert
         if args.all and args.patch_id is not None:
@@ -192,6 +194,8 @@ def run(args) -> int:
 
 def warn_kept(report: dict) -> None:
     pid = report["pid"]
+    for w in report.get("warnings", []):
+        sys.stderr.write(f"hotpatch: warning: {w}\n")
     for u in report["unfreed"]:
         sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
                          f"({u['reason']}); it is unreachable; `hotpatch revert {pid}` frees it\n")

@@ -9,7 +9,7 @@ value chosen from an ELF header, so every architecture is testable anywhere.
 import abc
 import ctypes
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 from hotpatch.arch.reloc import RelocType
 
@@ -56,6 +56,12 @@ class Arch(abc.ABC):
     # toolchain and system layout (Debian multiarch)
     cross_compiler: ClassVar[str]
     library_dirs: ClassVar[tuple[str, ...]]
+    # unwinding: registers as a list by DWARF number, the frame's pc in its own slot
+    dwarf_registers: ClassVar[int]            # length of that list
+    dwarf_sp: ClassVar[int]
+    dwarf_pc: ClassVar[int]
+    sigreturn_code: ClassVar[bytes]           # the signal return trampoline's instructions
+    sigreturn_align: ClassVar[int]
 
     # -- registers ------------------------------------------------------
     @abc.abstractmethod
@@ -102,3 +108,16 @@ class Arch(abc.ABC):
     @abc.abstractmethod
     def stub(self, stub_addr: int, slot_addr: int) -> bytes:
         """A call stub (veneer) at stub_addr jumping through the GOT slot at slot_addr."""
+
+    # -- unwinding --------------------------------------------------------
+    @abc.abstractmethod
+    def unwind_registers(self, regs) -> list[int | None]:
+        """A stopped thread's registers (the ptrace struct) as a list by DWARF number."""
+
+    @abc.abstractmethod
+    def code_address(self, value: int) -> int:
+        """A return address from a register or the stack as a pc (aarch64: without its PAC)."""
+
+    @abc.abstractmethod
+    def sigframe_registers(self, sp: int, read_word: Callable[[int], int | None]) -> list[int | None] | None:
+        """The registers a signal interrupted, from the signal frame at `sp` in the return trampoline."""

@@ -16,7 +16,7 @@ from hotpatch import __version__, patchfile
 from hotpatch.arch import get_arch
 from hotpatch.errors import PatchMismatch
 from hotpatch.link.linker import plan_layout
-from hotpatch.live import image, records, sandbox, trampolines, transition
+from hotpatch.live import image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
 from hotpatch.process.attach import Process, attach, check_pid
 from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
@@ -97,7 +97,9 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     tx.commit()   # the commit point: from here the patch stands, nothing below undoes it
     proc.detach_all()
     steps.mark("resumed", abortable=False)
-    return _report(proc, "applied", record, module, linked, tramps, attempts, steps, patch_path)
+    report = _report(proc, "applied", record, module, linked, tramps, attempts, steps, patch_path)
+    report["warnings"] = [w for w in [perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))] if w]
+    return report
 
 
 def find_module(pid: int, loaded: LoadedModules, meta: patchfile.PatchMeta) -> Module:

@@ -5,7 +5,7 @@ thread stopped), then no word of writable memory pointing into its code
 (searched while the process runs).
 """
 
-from hotpatch.live import records, sandbox, transition
+from hotpatch.live import perfmap, records, sandbox, transition
 from hotpatch.ops.revert import code_ranges, free_images
 from hotpatch.process.attach import attach, check_pid, process_arch
 from hotpatch.steps import Steps, check_interrupted
@@ -25,7 +25,8 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
         proc.detach_all(keep=proc.syscall_thread())
         freed, kept, unfreed = free_images(proc, retired, thread_stacks, steps)
         proc.detach_all()
+        warning = perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))
         return {"status": "collected", "pid": pid, "freed": freed, "retired": kept, "unfreed": unfreed,
-                "checks": attempts, "timings_ms": steps.marks}
+                "checks": attempts, "timings_ms": steps.marks, "warnings": [warning] if warning else []}
     finally:
         proc.close()

@@ -10,7 +10,7 @@ cannot undo the revert either: it is reported and a later revert frees it.
 """
 
 from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
-from hotpatch.live import image, records, sandbox, transition
+from hotpatch.live import image, perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
 from hotpatch.process.memory import Memory
@@ -98,9 +98,10 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     freed, retired, unfreed = free_images(proc, chosen, thread_stacks, steps)
     steps.mark("unmapped", abortable=False)
     proc.detach_all()
+    warning = perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))
     return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
             "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
-            "freed": freed, "retired": retired, "unfreed": unfreed}
+            "freed": freed, "retired": retired, "unfreed": unfreed, "warnings": [warning] if warning else []}
 
 
 def code_ranges(chosen: list[PatchRecord]) -> RangeSet:

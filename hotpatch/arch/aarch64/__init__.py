@@ -1,6 +1,6 @@
 """AArch64: the architecture's modules wired into one Arch."""
 
-from hotpatch.arch.aarch64 import insn, jumps, registers, syscall
+from hotpatch.arch.aarch64 import insn, jumps, registers, syscall, unwind
 from hotpatch.arch.aarch64 import relocations as relocation_table
 from hotpatch.arch.base import Arch
 
@@ -22,6 +22,11 @@ class AArch64(Arch):
     far_branch_size = jumps.FAR_SIZE
     cross_compiler = "aarch64-linux-gnu-gcc"
     library_dirs = ("/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/aarch64-linux-gnu/lib")
+    dwarf_registers = unwind.REGISTERS
+    dwarf_sp = unwind.SP
+    dwarf_pc = unwind.PC
+    sigreturn_code = unwind.SIGRETURN
+    sigreturn_align = unwind.SIGRETURN_ALIGN
 
     pc = staticmethod(registers.pc)
     sp = staticmethod(registers.sp)
@@ -34,3 +39,6 @@ class AArch64(Arch):
     in_branch_reach = staticmethod(jumps.in_branch_reach)
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
+    unwind_registers = staticmethod(unwind.registers)
+    code_address = staticmethod(unwind.code_address)
+    sigframe_registers = staticmethod(unwind.sigframe_registers)

@@ -1,7 +1,7 @@
 """x86-64: the architecture's modules wired into one Arch."""
 
 from hotpatch.arch.base import Arch
-from hotpatch.arch.x86_64 import insn, jumps, registers, syscall
+from hotpatch.arch.x86_64 import insn, jumps, registers, syscall, unwind
 from hotpatch.arch.x86_64 import relocations as relocation_table
 
 
@@ -22,6 +22,11 @@ class X86_64(Arch):
     far_branch_size = jumps.FAR_SIZE
     cross_compiler = "x86_64-linux-gnu-gcc"
     library_dirs = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64")
+    dwarf_registers = unwind.REGISTERS
+    dwarf_sp = unwind.SP
+    dwarf_pc = unwind.PC
+    sigreturn_code = unwind.SIGRETURN
+    sigreturn_align = unwind.SIGRETURN_ALIGN
 
     pc = staticmethod(registers.pc)
     sp = staticmethod(registers.sp)
@@ -34,3 +39,6 @@ class X86_64(Arch):
     in_branch_reach = staticmethod(jumps.in_branch_reach)
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
+    unwind_registers = staticmethod(unwind.registers)
+    code_address = staticmethod(unwind.code_address)
+    sigframe_registers = staticmethod(unwind.sigframe_registers)
