@@ -164,6 +164,11 @@ class RemoteSyscallError(HotpatchError):
         self.errno = errno_
 
 
+class RemoteCallError(TraceError):
+    """A function called in the process (frame registration) faulted or did not return."""
+    kind = "call-failed"
+
+
 class UndoFailed(HotpatchError):
     exit_code = EXIT_UNDO_FAILED
     kind = "undo-failed"

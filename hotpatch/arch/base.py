@@ -109,6 +109,20 @@ class Arch(abc.ABC):
     def stub(self, stub_addr: int, slot_addr: int) -> bytes:
         """A call stub (veneer) at stub_addr jumping through the GOT slot at slot_addr."""
 
+    # -- calling a function in the process (frame registration only) -------
+    trap_insn: ClassVar[bytes]               # a breakpoint instruction: where such a call returns to
+
+    @abc.abstractmethod
+    def hijack_for_call(self, regs, function: int, args: list[int], return_to: int) -> tuple[object, int, bytes]:
+        """(registers entering `function` as if called, returning to `return_to`; sp; bytes to write at sp)."""
+
+    @abc.abstractmethod
+    def returned_at(self, regs, return_to: int) -> bool:
+        """The thread stopped on the trap at `return_to`."""
+
+    @abc.abstractmethod
+    def call_result(self, regs) -> int: ...
+
     # -- unwinding --------------------------------------------------------
     @abc.abstractmethod
     def unwind_registers(self, regs) -> list[int | None]:

@@ -175,7 +175,7 @@ class Process:
     def remote(self) -> RemoteSyscalls:
         if self._remote is None:
             gadget = find_syscall_gadget(self.arch, self.maps(), self.mem)
-            self._remote = RemoteSyscalls(self.arch, self.threads, gadget)
+            self._remote = RemoteSyscalls(self.arch, self.threads, gadget, self.mem)
         return self._remote
 
     def syscall_thread(self) -> int:
@@ -196,6 +196,17 @@ class Process:
         self.threads.stop_thread(tid)
         try:
             return remote.checked(tid, name, *args)
+        finally:
+            self.threads.resume_thread(tid)
+
+    def call(self, address: int, args: list[int], trap: int, timeout: float, tid: int | None = None) -> int:
+        """Run the function at `address` on a stopped thread (frame registration only: see live/ehframe.py)."""
+        tid = self.syscall_thread() if tid is None else tid
+        if tid in self.threads.stopped_tids(usable_only=False):
+            return self.remote().function(tid, address, args, trap, timeout)
+        self.threads.stop_thread(tid)
+        try:
+            return self.remote().function(tid, address, args, trap, timeout)
         finally:
             self.threads.resume_thread(tid)
 

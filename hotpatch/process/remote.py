@@ -11,11 +11,15 @@ import signal
 import time
 
 from hotpatch.arch.base import Arch
-from hotpatch.errors import ProcessGone, RemoteSyscallError, ThreadGone, TraceError
+from hotpatch.errors import ProcessGone, RemoteCallError, RemoteSyscallError, ThreadGone, TraceError
 from hotpatch.process import ptrace as P
 from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
 from hotpatch.process.threads import ThreadGroup
+
+
+FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
+                           signal.SIGABRT, signal.SIGSYS})
 
 
 def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
@@ -40,8 +44,10 @@ def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
 
 
 class RemoteSyscalls:
-    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int):
-        self.arch, self.threads, self.gadget = arch, threads, gadget
+    """System calls (and, for frame registration only, function calls) made by a stopped thread."""
+
+    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int, mem: Memory):
+        self.arch, self.threads, self.gadget, self.mem = arch, threads, gadget, mem
         self.count = 0
 
     def call(self, tid: int, name: str, *args: int) -> int:
@@ -102,6 +108,56 @@ class RemoteSyscalls:
                         pass
         self.count += 1
         return result
+
+    def function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
+        """Call the function at `address` in stopped thread `tid`; its return value.
+
+        The thread returns into `trap` (a breakpoint instruction the caller
+        placed in the image) and its registers are restored exactly. Signals
+        for it meanwhile are delivered (the handler runs on top of the call);
+        a fault inside the call, or no return within `timeout`, abandons the
+        call (registers restored) and raises.
+        """
+        with self.threads.waiter.uninterruptible():
+            return self._function(tid, address, args, trap, timeout)
+
+    def _function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
+        arch, threads = self.arch, self.threads
+        saved = P.get_regs(tid, arch.regs_type)
+        hijacked, sp, stack_bytes = arch.hijack_for_call(saved, address, args, trap)
+        deadline = time.monotonic() + timeout
+        with threads.stepping(tid):
+            try:
+                if stack_bytes:
+                    self.mem.write(sp, stack_bytes)
+                P.set_regs(tid, hijacked)
+                sig = 0
+                while True:
+                    status = threads.run_stepping(tid, deadline, sig)
+                    if status is None:
+                        if tid not in threads.tracees:
+                            raise ProcessGone(f"thread {tid} exited during a call in the process")
+                        raise RemoteCallError(f"the call at {address:#x} in thread {tid} did not return "
+                                              f"within {timeout:g} s; abandoned")
+                    sig, event = os.WSTOPSIG(status), status >> 16
+                    if event:
+                        sig = 0
+                        continue
+                    regs = P.get_regs(tid, arch.regs_type)
+                    if sig == signal.SIGTRAP and arch.returned_at(regs, trap):
+                        return arch.call_result(regs)
+                    if sig in FAULT_SIGNALS:
+                        raise RemoteCallError(f"the call at {address:#x} in thread {tid} faulted "
+                                              f"({signal.Signals(sig).name} at {arch.pc(regs):#x}); abandoned")
+                    threads.signals_passed += 1   # delivered on the next run: the handler runs on top
+            except ThreadGone as e:
+                raise ProcessGone(f"thread {tid} exited during a call in the process") from e
+            finally:
+                if tid in threads.tracees:
+                    try:
+                        P.set_regs(tid, saved)
+                    except ThreadGone:
+                        pass
 
     def checked(self, tid: int, name: str, *args: int) -> int:
         result = self.call(tid, name, *args)

@@ -279,6 +279,23 @@ class ThreadGroup:
         self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "single-step")
         return t.events.pop(0) if t.events else None
 
+    def run_stepping(self, tid: int, deadline: float, sig: int = 0) -> int | None:
+        """Let a stepping thread run (with `sig`, or none) until its next stop: its raw wait status,
+        None if it exited or the deadline passed (then it is interrupted and stopped again first)."""
+        t = self.tracees[tid]
+        P.cont(tid, sig)
+        try:
+            self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "return")
+        except TraceError:
+            if t.tid not in self.tracees:
+                return None
+            P.interrupt(tid)
+            self._pump_until(lambda: t.events or t.tid not in self.tracees,
+                             time.monotonic() + self.stop_timeout, "stop")
+            t.events.clear()
+            return None
+        return t.events.pop(0) if t.events else None
+
     def deliver_signal(self, tid: int, sig: int) -> None:
         """Let a stepping thread take `sig` (on registers the caller restored), then stop it again."""
         t = self.tracees[tid]

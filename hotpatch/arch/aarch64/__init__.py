@@ -1,6 +1,6 @@
 """AArch64: the architecture's modules wired into one Arch."""
 
-from hotpatch.arch.aarch64 import insn, jumps, registers, syscall, unwind
+from hotpatch.arch.aarch64 import call, insn, jumps, registers, syscall, unwind
 from hotpatch.arch.aarch64 import relocations as relocation_table
 from hotpatch.arch.base import Arch
 
@@ -39,6 +39,10 @@ class AArch64(Arch):
     in_branch_reach = staticmethod(jumps.in_branch_reach)
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
+    trap_insn = call.TRAP_INSN
+    hijack_for_call = staticmethod(call.hijack_for_call)
+    returned_at = staticmethod(call.returned_at)
+    call_result = staticmethod(call.call_result)
     unwind_registers = staticmethod(unwind.registers)
     code_address = staticmethod(unwind.code_address)
     sigframe_registers = staticmethod(unwind.sigframe_registers)
