@@ -83,6 +83,15 @@ class DynamicSymbols:
                 return st_value, (st_info & 0xF) == STT_GNU_IFUNC
         return None
 
+    def extent(self, name: str) -> tuple[int, int] | None:
+        """(st_value, st_size) of the default definition of `name`, or None."""
+        key = name.encode()
+        for index in self._candidates(key):
+            st_name, _, _, _, st_value, st_size = self._entry(index)
+            if self._name(st_name) == key and self._usable(index):
+                return st_value, st_size
+        return None
+
     def _candidates(self, key: bytes):
         if not self.nbuckets:
             if self._table is None:

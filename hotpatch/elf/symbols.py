@@ -2,6 +2,7 @@
 
 import bisect
 import os
+import struct
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
@@ -170,3 +171,35 @@ def load_symbol_table(path: str, debug_dirs: tuple[str, ...] | None = None) -> S
         else:
             source = f"{path} is stripped and no debug file matches its build-id"
     return SymbolTable(symbols + dyn, source, stripped, debug_dirs)
+
+
+_SYM = struct.Struct("<IBBHQQ")
+STT_FUNC, STT_GNU_IFUNC = 2, 10
+
+
+def functions_named(path: str, names: frozenset[str]) -> list[tuple[str, int, int]] | None:
+    """(name, st_value, st_size) of the functions called `names` in .symtab (None when there is none).
+
+    A raw scan of the table: pyelftools' symbol objects cost far more than
+    the few names looked for, and libc's .symtab has thousands.
+    """
+    wanted = {n.encode() for n in names}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            symtab = elf.get_section_by_name(".symtab")
+            if symtab is None or symtab["sh_type"] != "SHT_SYMTAB":
+                return None
+            strtab = elf.get_section(symtab["sh_link"]).data()
+            table = symtab.data()
+    except (ELFError, OSError, ValueError) as e:
+        raise ELFFormatError(f"cannot read symbols of {path}: {e}") from e
+    out = []
+    for st_name, st_info, _, st_shndx, st_value, st_size in _SYM.iter_unpack(table[:len(table) // 24 * 24]):
+        if st_info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or not st_shndx:
+            continue
+        end = strtab.find(b"\0", st_name)
+        name = strtab[st_name:end]
+        if name in wanted:
+            out.append((name.decode(), st_value, st_size))
+    return out

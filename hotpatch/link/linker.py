@@ -6,8 +6,8 @@ knowing the base; `LayoutPlan.link` then resolves and relocates at a base.
 
 Image layout (each part page-aligned, permissions never W and X together):
     r--  record header, read-only data, .eh_frame (zero-terminated), GOT slots
-    r-x  code, call stubs
-    rw-  data, bss
+    r-x  code, call stubs, a trap (the return address of a call hotpatch makes in the process)
+    rw-  data, bss, the unwinder's registration object (when there is an .eh_frame)
 """
 
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ _SKIPPED_NAMES = (".note", ".comment")
 # on x86-64 it has type SHT_X86_64_UNWIND, so it is known by name.
 EH_FRAME = ".eh_frame"
 EH_FRAME_TERMINATOR = 4   # a zero length word ends the list, as crtend.o's does in a linked binary
+FRAME_OBJECT_SIZE = 128   # libgcc's struct object (6 to 8 words) with room to spare, zero-filled
 _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
@@ -51,6 +52,8 @@ class LinkedImage:
     code_range: tuple[int, int]      # [start, end) of the r-x part
     eh_frame: tuple[int, int] | None = None   # [start, end) of .eh_frame (terminator included)
     sizes: dict[str, int] = field(default_factory=dict)   # st_size of each global function
+    trap: int = 0                     # address of a breakpoint instruction
+    frame_object: int | None = None   # address of the registration object, when there is an .eh_frame
 
     def segment_bytes(self, seg: Segment) -> bytes:
         return bytes(self.data[seg.offset:seg.offset + seg.size])
@@ -71,6 +74,8 @@ class LayoutPlan:
     size: int
     undefined: list[str] = field(default_factory=list)
     eh_frame: tuple[int, int] | None = None   # offset and size of .eh_frame (terminator included)
+    trap_offset: int = 0
+    frame_object_offset: int | None = None
 
     def link(self, base: int, resolve: Resolver) -> LinkedImage:
         return _link(self, base, resolve)
@@ -168,11 +173,17 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     place(groups["text"])
     stub_offset = _align(pos, 16)
     pos = stub_offset + arch.stub_size * len(stub_keys)
+    trap_offset = _align(pos, 4)
+    pos = trap_offset + len(arch.trap_insn)
     if pos > start:
         segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_EXEC))
     start = pos = _align(pos, page_size)
     place(groups["data"])
     place(groups["bss"])
+    frame_object_offset = None
+    if eh_frame:
+        frame_object_offset = _align(pos, 16)
+        pos = frame_object_offset + FRAME_OBJECT_SIZE
     if pos > start:
         segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_WRITE))
     size = _align(pos, page_size)
@@ -180,12 +191,14 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
         raise InvalidPatch(f"the patch image would take {size >> 20} MiB; at most {MAX_IMAGE_SIZE >> 20} MiB "
                            "is allowed", "a patch holds replacement functions, not a program")
     return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
-                      stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame)
+                      stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame,
+                      trap_offset, frame_object_offset)
 
 
 def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
     obj, arch = plan.obj, plan.arch
     image = bytearray(plan.size)
+    image[plan.trap_offset:plan.trap_offset + len(arch.trap_insn)] = arch.trap_insn
     for index, offset in plan.section_offsets.items():
         sec = obj.sections[index]
         image[offset:offset + len(sec.data)] = sec.data
@@ -276,7 +289,9 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
     code = [s for s in plan.segments if s.prot & PROT_EXEC]
     code_range = (base + code[0].offset, base + code[0].offset + code[0].size) if code else (base, base)
     eh_frame = (base + plan.eh_frame[0], base + sum(plan.eh_frame)) if plan.eh_frame else None
-    return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range, eh_frame, sizes)
+    frame_object = base + plan.frame_object_offset if plan.frame_object_offset is not None else None
+    return LinkedImage(base, plan.size, image, plan.segments, symbols, code_range, eh_frame, sizes,
+                       base + plan.trap_offset, frame_object)
 
 
 def _section_name(obj: RelocatableObject, shndx: int | str, default: str) -> str:

@@ -108,8 +108,9 @@ class Reference:
         return f"a pointer into {self.range.label} at {self.address:#x} ({self.mapping or 'anonymous memory'})"
 
 
-def find_reference(proc: Process, ranges: RangeSet, skip: set[int]) -> Reference | None:
-    """The first word of writable memory (outside mappings starting at `skip`) pointing into `ranges`.
+def find_reference(proc: Process, ranges: RangeSet, skip: set[int], own: tuple[int, int]) -> Reference | None:
+    """The first word of writable memory (outside mappings starting at `skip` and the image's own
+    [start, end)) pointing into `ranges`.
 
     Run while the process runs, after the code was restored: what is found is a
     function pointer into the image, or a saved context (a parked coroutine)
@@ -121,6 +122,8 @@ def find_reference(proc: Process, ranges: RangeSet, skip: set[int]) -> Reference
     for m in proc.maps():
         if not (m.readable and m.perms[1] == "w") or m.start in skip or m.path in ("[vvar]", "[vsyscall]"):
             continue
+        if own[0] <= m.start < own[1]:
+            continue   # the image's own data (its GOT, libgcc's registration object) points into it
         for pos in range(m.start, m.end, SCAN_CHUNK):
             if scanned >= MAX_SCAN:
                 return Reference(0, 0, ranges.ranges[0], "")

@@ -11,7 +11,7 @@ The flags change after apply (a retired image); the JSON never does.
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from hotpatch.errors import HotpatchError
 from hotpatch.process.maps import Mapping
@@ -22,6 +22,7 @@ NAME_OFFSET, NAME_SIZE = 16, 32
 LENGTH_OFFSET = 48
 FLAGS_OFFSET = 52
 FLAG_RETIRED = 1   # reverted, but kept mapped: something may still return into or call its code
+FLAG_FRAMES_REGISTERED = 2   # the process's unwinder knows the image's .eh_frame (see live/ehframe.py)
 JSON_OFFSET = 64
 _LEN = struct.Struct("<I")
 VMA_NAME_PREFIX = "[anon:hotpatch:"
@@ -54,7 +55,10 @@ class PatchRecord:
     code: list[int]                  # [start, end) of the image's executable part
     functions: list[SwitchedFunction]
     eh_frame: list[int] | None = None   # [start, end) of the image's .eh_frame, if the patch has one
-    retired: bool = field(default=False, metadata={"header": True})   # from the flags, not the JSON
+    trap: int = 0                       # a breakpoint instruction in the image (return of a call made in it)
+    frame_object: int | None = None     # libgcc's registration object in the image
+    retired: bool = False               # from the header's flags, not the JSON
+    frames_registered: bool = False     # likewise
 
     def header_bytes(self, size: int) -> bytes:
         body = json.dumps(_json_fields(self), sort_keys=True).encode()
@@ -81,8 +85,10 @@ class PatchRecord:
         try:
             raw = json.loads(body)
             raw.pop("retired", None)
+            raw.pop("frames_registered", None)
             raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
-            return cls(**raw, retired=bool(flags & FLAG_RETIRED))
+            return cls(**raw, retired=bool(flags & FLAG_RETIRED),
+                       frames_registered=bool(flags & FLAG_FRAMES_REGISTERED))
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -90,13 +96,20 @@ class PatchRecord:
 def _json_fields(record: "PatchRecord") -> dict:
     raw = asdict(record)
     raw.pop("retired")
+    raw.pop("frames_registered")
     return raw
 
 
+def write_flags(record: PatchRecord, mem: Memory) -> None:
+    """The header's flags from the record's (the page is r--: /proc/PID/mem writes it)."""
+    flags = (FLAG_RETIRED if record.retired else 0) | (FLAG_FRAMES_REGISTERED if record.frames_registered else 0)
+    mem.write(record.base + FLAGS_OFFSET, _LEN.pack(flags))
+
+
 def mark_retired(record: PatchRecord, mem: Memory) -> None:
-    """Flag a reverted record whose image must stay mapped (the page is r--: /proc/PID/mem writes it)."""
-    mem.write(record.base + FLAGS_OFFSET, _LEN.pack(FLAG_RETIRED))
+    """Flag a reverted record whose image must stay mapped."""
     record.retired = True
+    write_flags(record, mem)
 
 
 def header_size_for(functions: list[str], patch_name: str, module: str, page_size: int) -> int:
@@ -105,7 +118,7 @@ def header_size_for(functions: list[str], patch_name: str, module: str, page_siz
     worst = PatchRecord(big, patch_name, "f" * 64, "2026-01-01T00:00:00.000000+00:00", "x" * 16,
                         "f" * 64, module, big, big, big, [big, big],
                         [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX, big)
-                         for name in functions], [big, big])
+                         for name in functions], [big, big], big, big)
     body = len(json.dumps(_json_fields(worst), sort_keys=True).encode())
     return (JSON_OFFSET + body + page_size - 1) // page_size * page_size
 

@@ -11,12 +11,13 @@ newest first, and detaches.
 import datetime
 import hashlib
 import os
+import time
 
 from hotpatch import __version__, patchfile
 from hotpatch.arch import get_arch
-from hotpatch.errors import PatchMismatch
+from hotpatch.errors import PatchMismatch, UndoFailed
 from hotpatch.link.linker import plan_layout
-from hotpatch.live import image, perfmap, records, sandbox, trampolines, transition
+from hotpatch.live import ehframe, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
 from hotpatch.process.attach import Process, attach, check_pid
 from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
@@ -76,7 +77,19 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
 
     record_id = max((r.id for r in records.find_records(maps, proc.mem)), default=0) + 1   # retired ones too
     base = image.map_image(proc, plan, addresses, f"hotpatch:{record_id}".encode(), policy.name_vmas)
-    tx.on_undo("unmap the image", lambda: proc.syscall("munmap", base, plan.size))
+    registered: list[records.PatchRecord] = []
+
+    def free_image() -> None:
+        # Frames the unwinder knows must be deregistered before the memory
+        # goes; if that cannot be done the image stays, retired.
+        for r in registered:
+            why = ehframe.deregistered(proc, loaded, r.eh_frame[0], r.trap, timeout)
+            if why is not None:
+                records.mark_retired(r, proc.mem)
+                raise UndoFailed(f"the image of patch {r.id} stays mapped, retired: its unwind information "
+                                 f"could not be deregistered ({why})", "`hotpatch gc` frees it later")
+        proc.syscall("munmap", base, plan.size)
+    tx.on_undo("unmap the image", free_image)
     steps.mark("mapped")
     if base != intended:   # the hole was taken meanwhile: link for where it landed
         linked = plan.link(base, resolved.get)
@@ -88,9 +101,18 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         bias=module.bias, base=base, size=plan.size, code=list(linked.code_range),
         functions=[records.SwitchedFunction(t.name, t.entry, t.branch.site, t.new, t.saved.hex(),
                                             t.branch.code.hex(), linked.sizes.get(t.name, 0)) for t in tramps],
-        eh_frame=list(linked.eh_frame) if linked.eh_frame else None)
+        eh_frame=list(linked.eh_frame) if linked.eh_frame else None, trap=linked.trap,
+        frame_object=linked.frame_object)
     image.fill(proc, linked, record, header_size)
     steps.mark("filled")
+    unwinder = ehframe.find_unwinder(proc, loaded) if linked.eh_frame and linked.frame_object else None
+    if unwinder is not None:
+        ehframe.register(proc, unwinder, linked.eh_frame[0], linked.frame_object, linked.trap,
+                         time.monotonic() + timeout)
+        registered.append(record)
+        record.frames_registered = True
+        records.write_flags(record, proc.mem)
+        steps.mark("registered")
 
     attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
     trampolines.switch(tramps, proc.mem, tx, steps)

@@ -142,7 +142,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                            "define a function with external linkage whose name matches one in the binary")
     for sym in obj.symbols:
         if sym.kind == "object" and sym.bind != "local" and isinstance(sym.shndx, int) \
-                and table.candidates(sym.name, ("object",)):
+                and not sym.name.startswith("DW.ref.") and table.candidates(sym.name, ("object",)):
             warn(f"warning: the patch defines {sym.name}, which the binary also defines: the patch "
                  f"gets its own copy; declare it `extern` to use the binary's")
     binary_symbols, external = {}, []

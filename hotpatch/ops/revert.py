@@ -10,12 +10,15 @@ cannot undo the revert either: it is reported and a later revert frees it.
 """
 
 from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
-from hotpatch.live import image, perfmap, records, sandbox, transition
+from hotpatch.live import ehframe, image, perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
 from hotpatch.process.memory import Memory
+from hotpatch.process.modules import loaded_modules
 from hotpatch.safety.activeness import GuardedRange, RangeSet
 from hotpatch.steps import Steps, check_interrupted
+
+DEREGISTER_TIMEOUT = 5.0
 
 
 def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0) -> dict:
@@ -112,11 +115,21 @@ def free_images(proc: Process, chosen: list[PatchRecord], thread_stacks: set[int
                 steps: Steps) -> tuple[list[int], list[dict], list[dict]]:
     """Unmap each image nothing points into; retire the others. (freed ids, retired, unmap failures)."""
     freed, retired, unfreed = [], [], []
+    loaded = None
     for r in chosen:
-        ref = image.find_reference(proc, code_ranges([r]), thread_stacks)
-        if ref is not None:
+        ref = image.find_reference(proc, code_ranges([r]), thread_stacks, (r.base, r.base + r.size))
+        why = ref.describe() if ref is not None else None
+        if why is None and r.frames_registered and r.eh_frame:
+            loaded = loaded or loaded_modules(proc.pid, proc.maps(), proc.mem)
+            why = ehframe.deregistered(proc, loaded, r.eh_frame[0], r.trap, DEREGISTER_TIMEOUT)
+            if why is None:
+                r.frames_registered = False
+                records.write_flags(r, proc.mem)
+            else:
+                why = f"its unwind information could not be deregistered ({why})"
+        if why is not None:
             records.mark_retired(r, proc.mem)
-            retired.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": ref.describe()})
+            retired.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": why})
             continue
         try:
             steps.mark("unmapping")

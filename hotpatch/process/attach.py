@@ -109,6 +109,20 @@ class Process:
     def resume_all(self) -> None:
         self.threads.resume_all()
 
+    def thread_ids(self) -> list[int]:
+        return list(self.threads.tracees)
+
+    def stop_thread(self, tid: int) -> bool:
+        """Stop one thread (the others keep running); False if it is gone or held in group-stop."""
+        t = self.threads.tracees.get(tid)
+        if t is None or t.group_stop:
+            return False
+        self.threads.stop_thread(tid)
+        return tid in self.threads.tracees
+
+    def resume_thread(self, tid: int) -> None:
+        self.threads.resume_thread(tid)
+
     def detach_all(self, keep: int | None = None) -> None:
         """Release every thread; `keep` stays stopped and traced (work left for one thread)."""
         self.threads.detach_all(keep=keep)

@@ -17,7 +17,6 @@ from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
 from hotpatch.process.threads import ThreadGroup
 
-
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
                            signal.SIGABRT, signal.SIGSYS})
 
@@ -46,7 +45,7 @@ def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
 class RemoteSyscalls:
     """System calls (and, for frame registration only, function calls) made by a stopped thread."""
 
-    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int, mem: Memory):
+    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int, mem: Memory | None = None):
         self.arch, self.threads, self.gadget, self.mem = arch, threads, gadget, mem
         self.count = 0
 
@@ -129,6 +128,8 @@ class RemoteSyscalls:
         with threads.stepping(tid):
             try:
                 if stack_bytes:
+                    if self.mem is None:
+                        raise TraceError("a function call needs the process's memory")
                     self.mem.write(sp, stack_bytes)
                 P.set_regs(tid, hijacked)
                 sig = 0
