@@ -12,8 +12,7 @@ import threading
 import time
 
 import pytest
-
-from conftest import ROOT, Target
+from harness import ROOT, Target
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "aarch64", reason="runs on an aarch64 kernel")
 BUILD = os.path.join(ROOT, "build", "arm64")

@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
+from harness import ROOT
 
-from conftest import ROOT
 from hotpatch.errors import InvalidPatch, UsageError
 
 CASES = 300

@@ -1,4 +1,5 @@
-"""The linker on a real gcc-compiled patch object, at chosen bases, decoded with capstone. No process."""
+"""The x86-64 linker on a real gcc-compiled patch object, at chosen bases, decoded with capstone. No process.
+(AArch64 linking: test_arch_aarch64.py.)"""
 
 import os
 import struct
@@ -6,21 +7,23 @@ import tempfile
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from harness import FIXTURES, compiler_for
 
-from conftest import FIXTURES
 from hotpatch.arch import get_arch
-from hotpatch.ops.build import compile_sources
 from hotpatch.elf.relocatable import parse_relocatable
 from hotpatch.errors import RelocationError, SymbolNotFound
 from hotpatch.link.linker import PROT_EXEC, PROT_READ, PROT_WRITE, plan_layout
+from hotpatch.ops.build import compile_sources
 
 ARCH = get_arch("x86_64")
+CC = compiler_for("x86_64")
+pytestmark = pytest.mark.skipif(CC is None, reason="no x86-64 C compiler here")
 
 
 @pytest.fixture(scope="module")
 def obj():
     with tempfile.TemporaryDirectory() as d:
-        return parse_relocatable(compile_sources([os.path.join(FIXTURES, "patch_target.c")], "gcc", [], d))
+        return parse_relocatable(compile_sources([os.path.join(FIXTURES, "patch_target.c")], CC, [], d))
 
 
 CS = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -84,8 +87,10 @@ def test_pc32_overflow_is_an_error():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "p.c")
         open(path, "w").write(src)
-        o = parse_relocatable(compile_sources([path], "gcc", [], d))
+        o = parse_relocatable(compile_sources([path], CC, [], d))
     plan = plan_layout(o, ARCH, header_size=4096)
-    plan.link(0x5555_0000_0000, {"far_data": 0x5555_1000_0000}.get)
+    image = plan.link(0x5555_0000_0000, {"far_data": 0x5555_1000_0000}.get)   # in reach: a direct load
+    load = next(i for i in disasm(image, image.symbols["f"]) if "rip" in i.op_str)
+    assert load.mnemonic == "mov" and load.address + load.size + load.disp == 0x5555_1000_0000
     with pytest.raises(RelocationError, match="R_X86_64_PC32"):
         plan.link(0x5555_0000_0000, {"far_data": 0x7F00_0000_0000}.get)

@@ -1,21 +1,25 @@
-"""The patch file reader refuses every truncation and corruption with InvalidPatch."""
+"""The patch file reader refuses every truncation and corruption with InvalidPatch, for patches
+of both architectures (objects compiled by each one's gcc)."""
 
 import os
 import tempfile
 
 import pytest
+from harness import FIXTURES, compiler_for
 
-from conftest import FIXTURES
 from hotpatch import patchfile
-from hotpatch.ops.build import compile_sources
 from hotpatch.errors import InvalidPatch
+from hotpatch.ops.build import compile_sources
 
 
-@pytest.fixture(scope="module")
-def good():
+@pytest.fixture(scope="module", params=["x86_64", "aarch64"])
+def good(request):
+    cc = compiler_for(request.param)
+    if cc is None:
+        pytest.skip(f"no C compiler for {request.param} here")
     with tempfile.TemporaryDirectory() as d:
-        obj = compile_sources([os.path.join(FIXTURES, "patch_work.c")], "gcc", [], d)
-    meta = patchfile.PatchMeta("x86_64", "/bin/t", "ab" * 20, True,
+        obj = compile_sources([os.path.join(FIXTURES, "patch_work.c")], cc, [], d)
+    meta = patchfile.PatchMeta(request.param, "/bin/t", "ab" * 20, True,
                                [patchfile.ReplacedFunction("work", 0x1000, 16, "0" * 64, 0, 16, "", [])],
                                {"counter": patchfile.TargetSymbol(0x4000, "object")}, ["printf"], [], ["p.c"])
     return patchfile.encode(meta, obj)
@@ -24,7 +28,8 @@ def good():
 def test_roundtrip(good):
     p = patchfile.decode(good)
     assert p.meta.replace[0].name == "work" and p.meta.target_symbols["counter"].offset == 0x4000
-    assert p.obj.machine == "x86_64"
+    assert p.obj.machine == p.meta.arch in ("x86_64", "aarch64")
+    assert [f.name for f in p.obj.defined_functions()] == ["work"]
 
 
 def test_every_truncation_refused(good):

@@ -1,37 +1,67 @@
-"""Seccomp filters judged as the kernel runs them: the interpreter on hand-built programs,
-then live targets whose filters are read back with PTRACE_SECCOMP_GET_FILTER, and the
-verdicts compared with what the kernel does to the same remote system calls."""
+"""The classic-BPF interpreter that judges seccomp filters as the kernel runs them, on hand-built
+programs: every instruction class, malformed programs, stacked filters, realistic filters.
+(The policy built on it is tested in test_sandbox.py; filters read back from live processes,
+and the kernel's own verdicts, in tests/live/test_seccomp_*.py.)"""
 
 import errno
 import itertools
-import os
-import platform
 import struct
 
 import pytest
 
-from hotpatch.arch import get_arch
-from hotpatch.errors import (EXIT_TRACE, ProcessGone, SeccompForbidden, SeccompUnverifiable, TraceError,
-                             UnsupportedArch)
-from hotpatch.live import sandbox
 from hotpatch.safety import seccomp as S
 from hotpatch.safety.seccomp import (
-    BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_AND, BPF_DIV, BPF_IMM, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP,
-    BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_LEN, BPF_LSH, BPF_MEM, BPF_MISC, BPF_MUL, BPF_NEG, BPF_OR, BPF_RET,
-    BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TAX, BPF_TXA, BPF_W, BPF_X, BPF_XOR, FilterError, SeccompData,
-    SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_KILL_THREAD, SECCOMP_RET_LOG,
-    SECCOMP_RET_TRACE, SECCOMP_RET_TRAP, SECCOMP_RET_USER_NOTIF, allowed, evaluate, run)
-from hotpatch.process import seccomp as T
-
-def check_remote_syscalls(tid, arch_name, planned_calls, gadget, filters=None):
-    filters = T.fetch_filters(tid) if filters is None else filters
-    if filters:
-        sandbox.require_allowed(tid, get_arch(arch_name), filters, gadget, planned_calls)
-
+    BPF_A,
+    BPF_ABS,
+    BPF_ADD,
+    BPF_ALU,
+    BPF_AND,
+    BPF_DIV,
+    BPF_IMM,
+    BPF_JA,
+    BPF_JEQ,
+    BPF_JGE,
+    BPF_JGT,
+    BPF_JMP,
+    BPF_JSET,
+    BPF_K,
+    BPF_LD,
+    BPF_LDX,
+    BPF_LEN,
+    BPF_LSH,
+    BPF_MEM,
+    BPF_MISC,
+    BPF_MUL,
+    BPF_NEG,
+    BPF_OR,
+    BPF_RET,
+    BPF_RSH,
+    BPF_ST,
+    BPF_STX,
+    BPF_SUB,
+    BPF_TAX,
+    BPF_TXA,
+    BPF_W,
+    BPF_X,
+    BPF_XOR,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
+    SECCOMP_RET_KILL_PROCESS,
+    SECCOMP_RET_KILL_THREAD,
+    SECCOMP_RET_LOG,
+    SECCOMP_RET_TRACE,
+    SECCOMP_RET_TRAP,
+    SECCOMP_RET_USER_NOTIF,
+    FilterError,
+    SeccompData,
+    allowed,
+    evaluate,
+    run,
+)
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_AARCH64 = 0xC00000B7
-NR_MMAP, NR_MPROTECT, NR_MUNMAP, NR_PRCTL, NR_PTRACE, NR_PERSONALITY = 9, 10, 11, 157, 101, 135
+NR_MMAP, NR_MPROTECT, NR_MUNMAP, NR_PRCTL = 9, 10, 11, 157   # x86-64
 
 
 def stmt(code, k=0):
@@ -285,177 +315,3 @@ def test_argument_checks_decide():
     assert S.first_forbidden(flt, AUDIT_ARCH_AARCH64, ip, calls()) == ("mmap", SECCOMP_RET_KILL_PROCESS)
     with pytest.raises(ValueError):
         S.first_forbidden(flt, AUDIT_ARCH_X86_64, ip, [("mmap", NR_MMAP, [0] * 7)])
-
-
-def ip_filter(low, high):
-    """Allow syscalls only from pcs in [low, high); low and high share their upper 32 bits."""
-    kill = stmt(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS)
-    return [ld(12), jump(BPF_JMP | BPF_JEQ | BPF_K, low >> 32, 0, 4),
-            ld(8), jump(BPF_JMP | BPF_JGE | BPF_K, low & 0xFFFF_FFFF, 0, 2),
-            jump(BPF_JMP | BPF_JGE | BPF_K, high & 0xFFFF_FFFF, 1, 0), ALLOW, kill]
-
-
-def test_instruction_pointer_is_after_the_syscall_instruction():
-    flt = [ip_filter(GADGET + 2, GADGET + 3)]   # exactly the pc after `syscall`
-    check_remote_syscalls(1, "x86_64", calls(), GADGET, filters=flt)
-    with pytest.raises(SeccompForbidden):
-        check_remote_syscalls(1, "x86_64", calls(), GADGET + 1, filters=flt)
-    flt = [ip_filter(GADGET + 4, GADGET + 5)]
-    check_remote_syscalls(1, "aarch64", calls(), GADGET, filters=flt)
-
-
-def test_check_remote_syscalls_refusals_are_trace_errors():
-    kill_mmap = [ld(0), jump(BPF_JMP | BPF_JEQ | BPF_K, NR_MMAP, 0, 1),
-                 stmt(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS), ALLOW]
-    check_remote_syscalls(os.getpid(), "x86_64", calls()[1:], GADGET, filters=[kill_mmap])
-    check_remote_syscalls(os.getpid(), "x86_64", calls(), GADGET, filters=[])
-    with pytest.raises(TraceError) as e:
-        check_remote_syscalls(os.getpid(), "x86_64", calls(), GADGET, filters=[[ALLOW], kill_mmap])
-    assert e.value.exit_code == EXIT_TRACE
-    assert e.value.message == f"process {os.getpid()} runs under a seccomp filter that forbids mmap " \
-                              "(action KILL_PROCESS)"
-    assert "\n" not in e.value.line() and "nothing was changed" in e.value.line()
-    with pytest.raises(SeccompUnverifiable, match="cannot interpret"):
-        check_remote_syscalls(os.getpid(), "x86_64", calls(), GADGET, filters=[[ld(1), ALLOW]])
-    with pytest.raises(UnsupportedArch, match="riscv64"):
-        get_arch("riscv64")
-
-
-# -- live: filters read back from real processes ---------------------------------------------------
-
-live_x86 = pytest.mark.skipif(platform.machine() != "x86_64", reason="remote syscall numbers are x86-64's")
-
-
-class Seized:
-    """One fixture process seized with hotpatch's own code, its main thread in a ptrace-stop."""
-
-    def __init__(self, pid):
-        from hotpatch.process.ptrace import Waiter
-        from hotpatch.process.threads import ThreadGroup
-        self.pid = pid
-        self.waiter = Waiter()
-        self.group = ThreadGroup(pid, self.waiter)
-        self.mem = None
-        try:
-            self.group.seize_all()
-            self.group.stop_thread(pid)
-        except BaseException:
-            self.close()
-            raise
-
-    def gadget_and_remote(self):
-        from hotpatch.arch.x86_64 import X86_64
-        from hotpatch.process.maps import read_maps
-        from hotpatch.process.memory import Memory
-        from hotpatch.process.remote import RemoteSyscalls, find_syscall_gadget
-
-        class Probe(X86_64):   # hotpatch's calls plus two that the fixtures filter
-            syscall_numbers = {**X86_64.syscall_numbers, "ptrace": NR_PTRACE, "personality": NR_PERSONALITY}
-        arch = Probe()
-        self.mem = Memory(self.pid, writable=False)
-        gadget = find_syscall_gadget(arch, read_maps(self.pid), self.mem)
-        return gadget, RemoteSyscalls(arch, self.group, gadget)
-
-    def close(self):
-        try:
-            if self.group.tracees:
-                self.group.detach_all()
-        finally:
-            if self.mem:
-                self.mem.close()
-            self.waiter.close()
-
-
-def planned():
-    return calls(PROT_READ, PROT_READ | PROT_WRITE)
-
-
-@live_x86
-def test_live_deny_mmap_fixture(cc, spawn):
-    t = spawn(cc.program("seccomp_deny_mmap.c"))
-    assert t.ask("work 5") == "1187"
-    s = Seized(t.pid)
-    try:
-        filters = T.fetch_filters(t.pid)
-        assert [len(f) for f in filters] == [8, 4]   # oldest first: kill-mmap, then no-personality
-        assert filters[0][0] == (BPF_LD | BPF_W | BPF_ABS, 0, 0, 4)
-        gadget, remote = s.gadget_and_remote()
-        with pytest.raises(SeccompForbidden) as e:
-            check_remote_syscalls(t.pid, "x86_64", planned(), gadget)
-        assert e.value.message == f"process {t.pid} runs under a seccomp filter that forbids mmap " \
-                                  "(action KILL_PROCESS)"
-        assert e.value.exit_code == EXIT_TRACE
-        check_remote_syscalls(t.pid, "x86_64", [c for c in planned() if c[0] != "mmap"], gadget)
-
-        # The kernel agrees: personality gets the newest filter's EPERM ...
-        query = [("personality", NR_PERSONALITY, [0xFFFF_FFFF])]
-        assert S.first_forbidden(filters, AUDIT_ARCH_X86_64, gadget + 2, query) == \
-            ("personality", SECCOMP_RET_ERRNO | errno.EPERM)
-        assert remote.call(t.pid, "personality", 0xFFFF_FFFF) == -errno.EPERM
-        assert remote.call(t.pid, "munmap", 0, 0) == -errno.EINVAL   # allowed: the kernel's own answer
-    finally:
-        s.close()
-    assert t.ask("work 13") == "9698"            # detached, untouched, still serving
-
-
-@live_x86
-def test_live_forbidden_mmap_really_kills(cc, spawn):
-    """What the refusal prevents: the kernel kills the process on the first remote mmap."""
-    t = spawn(cc.program("seccomp_deny_mmap.c"))
-    s = Seized(t.pid)
-    try:
-        gadget, remote = s.gadget_and_remote()
-        assert S.first_forbidden(T.fetch_filters(t.pid), AUDIT_ARCH_X86_64, gadget + 2, calls()[:1]) == \
-            ("mmap", SECCOMP_RET_KILL_PROCESS)
-        with pytest.raises(ProcessGone):
-            remote.call(t.pid, "mmap", 0, 0x1000, PROT_READ, 0x22, (1 << 64) - 1, 0)
-    finally:
-        s.close()
-    assert not os.path.exists(f"/proc/{t.pid}/task")
-
-
-@live_x86
-def test_live_allow_fixture(cc, spawn):
-    t = spawn(cc.program("seccomp_allow.c"))
-    s = Seized(t.pid)
-    try:
-        filters = T.fetch_filters(t.pid)
-        assert [len(f) for f in filters] == [7]
-        gadget, remote = s.gadget_and_remote()
-        check_remote_syscalls(t.pid, "x86_64", planned(), gadget)   # no refusal
-
-        # The kernel agrees: the calls hotpatch makes work; ptrace gets the filter's EPERM
-        # (without the filter, PTRACE_CONT on a pid that cannot exist says ESRCH).
-        base = remote.checked(t.pid, "mmap", 0, 0x3000, PROT_READ | PROT_EXEC, 0x22, (1 << 64) - 1, 0)
-        assert remote.checked(t.pid, "mprotect", base, 0x1000, PROT_READ) == 0
-        assert remote.checked(t.pid, "munmap", base, 0x3000) == 0
-        probe = [("ptrace", NR_PTRACE, [7, 0x3FFF_FFFF, 0, 0])]
-        assert S.first_forbidden(filters, AUDIT_ARCH_X86_64, gadget + 2, probe) == \
-            ("ptrace", SECCOMP_RET_ERRNO | errno.EPERM)
-        assert remote.call(t.pid, "ptrace", 7, 0x3FFF_FFFF, 0, 0) == -errno.EPERM
-    finally:
-        s.close()
-    assert t.ask("work 5") == "1187"
-
-
-def test_live_unfiltered_process_needs_no_request(cc, spawn):
-    t = spawn(cc.program("target.c"))
-    assert T.fetch_filters(t.pid) == []          # read from /proc status: not even seized
-    check_remote_syscalls(t.pid, "x86_64", planned(), GADGET)
-    assert t.ask("compute 2") == "5"
-
-
-def test_live_unreadable_filters_refuse(cc, spawn, monkeypatch):
-    from ptrace import PtraceError
-    t = spawn(cc.program("seccomp_allow.c"))
-    with pytest.raises(ProcessGone, match="ptrace-stop"):   # not seized: the kernel says ESRCH
-        T.fetch_filters(t.pid)
-
-    def refuse(*args):
-        raise PtraceError("refused", errno=errno.EACCES)
-    monkeypatch.setattr(T, "_raw_ptrace", refuse)
-    with pytest.raises(SeccompUnverifiable) as e:
-        check_remote_syscalls(t.pid, "x86_64", planned(), GADGET)
-    assert e.value.exit_code == EXIT_TRACE
-    assert e.value.message.startswith(f"process {t.pid} runs under a seccomp filter hotpatch cannot verify")
-    assert "CAP_SYS_ADMIN" in e.value.message
