@@ -11,7 +11,8 @@ augmentations, instruction lists). Written here is what it lacks: the
 `.eh_frame_hdr` table and the pointer encodings it uses, finding one FDE
 without parsing the whole section, and the rows: pyelftools' get_decoded()
 fails on DW_CFA_GNU_args_size (in 2% of libc's FDEs, 70 of libstdc++'s) and
-scales DW_CFA_def_cfa_sf by the code alignment factor instead of the data one.
+scales DW_CFA_def_cfa_sf by the code alignment factor instead of the data one;
+its CIE parser refuses the augmentation "S" GAS writes into .debug_frame.
 
 Addresses here are link-time addresses (a pc minus the module's load bias).
 """
@@ -23,7 +24,7 @@ import struct
 from typing import Callable, NamedTuple
 
 from elftools.common.exceptions import ELFError
-from elftools.dwarf.callframe import FDE, CallFrameInfo
+from elftools.dwarf.callframe import CIE, FDE, CallFrameInfo
 from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 
@@ -142,13 +143,16 @@ class CallFrameTable:
     process runs; lookup() prepares on first use otherwise).
     """
 
-    def __init__(self, name: str, data: bytes | mmap.mmap, image: ElfImage, debug_frame: bytes | None = None):
+    def __init__(self, name: str, data: bytes | mmap.mmap | None, image: ElfImage | None,
+                 debug_frame: bytes | None = None, eh_frame: tuple[bytes, int] | None = None):
+        """Use the constructors; `data` is the file (or memory image) `image` describes, or None with `eh_frame`."""
         self.name = name
-        self.machine = image.ehdr.e_machine
+        self.machine = image.ehdr.e_machine if image is not None else None
         self.load_bias: int | None = None   # known for memory images (from_memory)
         self._data = data
         self._image = image
         self._debug_frame_data = debug_frame
+        self._eh_frame_data = eh_frame
         self._prepared = False
         self._eh: _Section | None = None
         self._eh_cfi: CallFrameInfo | None = None
@@ -197,8 +201,17 @@ class CallFrameTable:
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<bytes>", debug_frame: bytes | None = None) -> "CallFrameTable":
-        """An ELF file's bytes (tests, patch images)."""
+        """An ELF file's bytes."""
         return cls(name, data, _image_of(data, name), debug_frame)
+
+    @classmethod
+    def from_eh_frame(cls, data: bytes, address: int, name: str = "<eh_frame>") -> "CallFrameTable":
+        """A bare .eh_frame (zero-terminated) whose first byte is at `address`: a patch image's.
+
+        Its FDEs are indexed (there is no .eh_frame_hdr); lookups take the
+        addresses the section was linked for, so a load bias of 0 when linked in place.
+        """
+        return cls(name, None, None, eh_frame=(bytes(data), address))
 
     # -- preparing --------------------------------------------------------
     def prepare(self) -> "CallFrameTable":
@@ -215,7 +228,18 @@ class CallFrameTable:
         return self
 
     def _prepare(self) -> None:
-        data, phdrs = self._data, self._image.phdrs
+        if self._eh_frame_data is not None:
+            self._eh = _Section(self._eh_frame_data[0], self._eh_frame_data[1], True)
+            self._eh_cfi = _cfi(self._eh)
+            self._eh_index = self._index(self._eh, self._eh_cfi)
+        if self._image is not None and self._data is not None:
+            self._prepare_image(self._data, self._image.phdrs)
+        if self._debug_frame_data:
+            self._debug = _Section(self._debug_frame_data, 0, False)
+            self._debug_cfi = _cfi(self._debug)
+            self._debug_index = self._index(self._debug, self._debug_cfi)
+
+    def _prepare_image(self, data: bytes | mmap.mmap, phdrs: list[ProgramHeader]) -> None:
         sections = _section_headers(data)
         hdr = next((p for p in phdrs if p.p_type == PT_GNU_EH_FRAME), None)
         eh_address = None
@@ -224,22 +248,19 @@ class CallFrameTable:
             eh_address = self._read_hdr(hdr_data, hdr.p_vaddr)
         if eh_address is None and ".eh_frame" in sections:
             eh_address = sections[".eh_frame"][0]
-        if eh_address is not None:
-            size = next((s for a, _, s in sections.values() if a == eh_address), None)
-            offset = _vaddr_to_offset(phdrs, eh_address)
-            if offset is None:
-                raise ELFFormatError(f".eh_frame of {self.name} is not in a loaded segment")
-            if size is None:   # no section headers: up to the end of its segment
-                seg = next(p for p in phdrs if p.p_type == PT_LOAD and p.p_vaddr <= eh_address < p.p_vaddr + p.p_filesz)
-                size = seg.p_vaddr + seg.p_filesz - eh_address
-            self._eh = _Section(bytes(data[offset:offset + size]), eh_address, True)
-            self._eh_cfi = _cfi(self._eh)
-            if self._hdr_locs is None:
-                self._eh_index = self._index(self._eh, self._eh_cfi)
-        if self._debug_frame_data:
-            self._debug = _Section(self._debug_frame_data, 0, False)
-            self._debug_cfi = _cfi(self._debug)
-            self._debug_index = self._index(self._debug, self._debug_cfi)
+        if eh_address is None:
+            return
+        size = next((s for a, _, s in sections.values() if a == eh_address), None)
+        offset = _vaddr_to_offset(phdrs, eh_address)
+        if offset is None:
+            raise ELFFormatError(f".eh_frame of {self.name} is not in a loaded segment")
+        if size is None:   # no section headers: up to the end of its segment
+            seg = next(p for p in phdrs if p.p_type == PT_LOAD and p.p_vaddr <= eh_address < p.p_vaddr + p.p_filesz)
+            size = seg.p_vaddr + seg.p_filesz - eh_address
+        self._eh = _Section(bytes(data[offset:offset + size]), eh_address, True)
+        self._eh_cfi = _cfi(self._eh)
+        if self._hdr_locs is None:
+            self._eh_index = self._index(self._eh, self._eh_cfi)
 
     def _read_hdr(self, hdr: bytes, hdr_address: int) -> int | None:
         """The .eh_frame address; the search table kept if it has the usual encoding."""
@@ -275,6 +296,8 @@ class CallFrameTable:
                 cie_offset = id_pos - cie_id
                 if cie_offset not in fde_encodings:
                     cie = cfi._parse_entry_at(cie_offset)
+                    if not isinstance(cie, CIE):
+                        raise ELFFormatError(f"FDE at {pos:#x} of {self.name} points to no CIE")
                     fde_encodings[cie_offset] = int(cie.augmentation_dict.get("FDE_encoding", DW_EH_PE_absptr))
                 encoding = fde_encodings[cie_offset]
                 start, after = decode_pointer(data, loc_pos, encoding, section.address, None)
@@ -354,6 +377,8 @@ class CallFrameTable:
 
     def read_code(self, address: int, size: int) -> bytes:
         """Bytes of the module's file at a link-time address (b"" where nothing is loaded from the file)."""
+        if self._image is None or self._data is None:
+            return b""
         offset = _vaddr_to_offset(self._image.phdrs, address)
         if offset is None:
             return b""
@@ -415,8 +440,19 @@ def _debug_frame_of(path: str) -> bytes | None:
         raise ELFFormatError(f"cannot read .debug_frame of {path}: {e}") from e
 
 
+class _CallFrameInfo(CallFrameInfo):
+    """pyelftools' parser, accepting what GAS writes into .debug_frame for .cfi_signal_frame: the
+    augmentation "S" without the 'z' (no augmentation data), which pyelftools refuses with an assertion."""
+
+    def _parse_cie_augmentation(self, header, entry_structs):
+        augmentation = header.get("augmentation")
+        if augmentation and not augmentation.startswith(b"z") and set(augmentation) <= set(b"SBG"):
+            return b"", {}
+        return super()._parse_cie_augmentation(header, entry_structs)
+
+
 def _cfi(section: _Section) -> CallFrameInfo:
-    return CallFrameInfo(io.BytesIO(section.data), len(section.data), section.address,
+    return _CallFrameInfo(io.BytesIO(section.data), len(section.data), section.address,
                          DWARFStructs(little_endian=True, dwarf_format=32, address_size=8), for_eh_frame=section.eh)
 
 
