@@ -121,33 +121,37 @@ def unwind_registers(arch: Arch, registers: list[int | None], read_word: WordRea
     """unwind() from registers already listed by DWARF number (Arch.unwind_registers)."""
     sp_slot, pc_slot, count = arch.dwarf_sp, arch.dwarf_pc, arch.dwarf_registers
     code_address, sigframe = arch.code_address, arch.sigframe_registers
+    new_frame = tuple.__new__   # Frame(...) without NamedTuple's Python-level __new__: a third of a frame's cost
     regs = list(registers)
     pc = regs[pc_slot]
     if pc is None:
         return Walk([], False, UNKNOWN_REGISTER, 0, "pc")
     frames: list[Frame] = []
     exact = True          # the first pc, and one a signal interrupted, is not a return address
-    last_cfa = -1         # CFAs grow from frame to frame (a signal frame may switch stacks: not checked there)
+    # CFAs grow from frame to frame (not checked across a signal frame: a handler may run on another stack).
+    # Equal is allowed to the outermost frame only: aarch64's thread_start and _start call without a frame
+    # of their own (the CFA is the sp at entry, no return address is pushed) and never return.
+    last_cfa = -1
     while True:
         if len(frames) >= max_frames:
             return Walk(frames, False, TOO_DEEP, pc, f"more than {max_frames}")
         try:
             rule = find_rule(pc if exact else pc - 1)
         except ELFFormatError as e:
-            frames.append(Frame(pc, None, False))
+            frames.append(new_frame(Frame, (pc, None, False)))
             return Walk(frames, False, BAD_CFI, pc, e.message)
         if rule is None:
-            frames.append(Frame(pc, None, False))
+            frames.append(new_frame(Frame, (pc, None, False)))
             return Walk(frames, False, NO_CFI, pc)
         if rule is OUTSIDE:
-            frames.append(Frame(pc, None, False))
+            frames.append(new_frame(Frame, (pc, None, False)))
             return Walk(frames, False, NOT_MAPPED, pc)
         if rule is SIGRETURN:
             sp = regs[sp_slot]
             if sp is None:
-                frames.append(Frame(pc, None, True))
+                frames.append(new_frame(Frame, (pc, None, True)))
                 return Walk(frames, False, UNKNOWN_REGISTER, pc, f"r{sp_slot}")
-            frames.append(Frame(pc, sp, True))
+            frames.append(new_frame(Frame, (pc, sp, True)))
             interrupted = sigframe(sp, read_word)
             if interrupted is None:
                 return Walk(frames, False, OUTSIDE_SNAPSHOT, sp, "signal frame")
@@ -168,10 +172,9 @@ def unwind_registers(arch: Arch, registers: list[int | None], read_word: WordRea
             else:
                 assert rule.cfa_expression is not None
                 cfa = evaluate(rule.cfa_expression, regs, read_word, None, pc)
-            if cfa <= last_cfa:
-                frames.append(Frame(pc, cfa, rule.signal_frame))
+            frames.append(new_frame(Frame, (pc, cfa, rule.signal_frame)))
+            if cfa < last_cfa:
                 return Walk(frames, False, LOOP, cfa)
-            frames.append(Frame(pc, cfa, rule.signal_frame))
             # The caller's registers: the CFA is its sp unless a rule says otherwise.
             caller = regs.copy()
             caller[sp_slot] = cfa
@@ -209,6 +212,8 @@ def unwind_registers(arch: Arch, registers: list[int | None], read_word: WordRea
         ra = caller[ra_column]
         if ra is None or ra == 0:
             return Walk(frames, True, OUTERMOST, pc)
+        if cfa == last_cfa:
+            return Walk(frames, False, LOOP, cfa)
         if not ra_recovered:
             # A caller (not the first frame, not one a signal interrupted) stopped at a call: the call
             # overwrote the link register, so its CFI must say where the return address went.
@@ -216,7 +221,7 @@ def unwind_registers(arch: Arch, registers: list[int | None], read_word: WordRea
         pc = code_address(ra)
         caller[pc_slot] = pc
         if stop_above is not None and cfa > stop_above and not rule.signal_frame:
-            frames.append(Frame(pc, None, False))
+            frames.append(new_frame(Frame, (pc, None, False)))
             return Walk(frames, True, BOUND, cfa)
         regs, exact = caller, rule.signal_frame
         last_cfa = -1 if exact else cfa

@@ -527,3 +527,20 @@ def test_registers_by_dwarf_number():
     assert got[29:] == [0x7FFF0010, 0x400100 | PAC, 0x7FFF0000, 0x400000] and len(got) == 33
     assert get_arch("aarch64").code_address(0x400100 | PAC) == 0x400100
     assert ctypes.sizeof(a) == 34 * 8
+
+
+def test_equal_cfa_only_for_the_outermost_frame():
+    """aarch64's thread_start and _start call without a frame of their own: the caller's CFA equals the
+    callee's. Reliable when that caller is the outermost frame (x30 undefined), a loop otherwise."""
+    st = Stack()
+    st[S + 8] = 0x400100                                 # frame 0 saved x30 at CFA - 8
+    st[S] = 0
+    callee = FrameRule(31, 16, None, ((30, OFFSET, -8),), 30, False)
+    outermost = FrameRule(31, 0, None, ((30, U.UNDEFINED, 0),), 30, False)
+    looping = FrameRule(31, 0, None, ((30, OFFSET, -8),), 30, False)
+    regs = a64_regs(0x400000, S, 0, 0)
+    for second, (reliable, end) in ((outermost, (True, U.OUTERMOST)), (looping, (False, U.LOOP))):
+        rules = {0x400000: callee, 0x4000FF: second}
+        walk = unwind(get_arch("aarch64"), regs, st.reader(), rules.get)
+        assert (walk.reliable, walk.end) == (reliable, end)
+        assert frames_of(walk) == [(0x400000, S + 16), (0x400100, S + 16)]
