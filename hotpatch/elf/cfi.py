@@ -36,8 +36,7 @@ U64 = (1 << 64) - 1
 
 # How a register of the caller is recovered (DWARF 5, 6.4.1 "register rules").
 UNDEFINED, SAME_VALUE, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = range(7)
-RULE_NAMES = ("undefined", "same value", "offset(N)", "val_offset(N)", "register(R)", "expression(E)",
-              "val_expression(E)")
+RULE_FORMATS = ("undefined", "same", "c{:+d}", "v{:+d}", "r{}", "exp", "vexp")   # readelf -wF's notation
 
 # DW_EH_PE_* pointer encodings (LSB 10.5, "DWARF Exception Header Encoding").
 DW_EH_PE_absptr, DW_EH_PE_omit = 0x00, 0xFF
@@ -70,10 +69,10 @@ class FrameRule(NamedTuple):
     signal_frame: bool
 
     def describe(self) -> str:
-        cfa = f"r{self.cfa_register}{self.cfa_offset:+d}" if self.cfa_expression is None else "expr"
-        regs = " ".join(f"r{r}={RULE_NAMES[how].replace('N', str(arg)).replace('R', str(arg))}"
-                        if not isinstance(arg, bytes) else f"r{r}={RULE_NAMES[how]}" for r, how, arg in self.saved)
-        return f"cfa={cfa} {regs} ra=r{self.return_column}" + (" signal" if self.signal_frame else "")
+        """'cfa=r7+16 r3=c-16 r16=c-8 ra=r16', in readelf -wF's notation (registers by DWARF number)."""
+        cfa = f"r{self.cfa_register}{self.cfa_offset:+d}" if self.cfa_expression is None else "exp"
+        regs = "".join(f" r{reg}={RULE_FORMATS[how].format(arg)}" for reg, how, arg in self.saved)
+        return f"cfa={cfa}{regs} ra=r{self.return_column}" + (" signal" if self.signal_frame else "")
 
 
 def decode_pointer(data: bytes, pos: int, encoding: int, pc_base: int, data_base: int | None) -> tuple[int, int]:
@@ -138,9 +137,11 @@ _CIE_ID_32, _CIE_ID_64 = 0xFFFFFFFF, U64
 class CallFrameTable:
     """The CFI of one module, file or memory image; lookups by link-time address.
 
-    Build with from_path() (a file, and its debug file) or from_memory() (the
-    vdso); prepare() does the reading up front (the caller calls it while the
-    process runs; lookup() prepares on first use otherwise).
+    Build with from_path() (a file, and its debug file), from_memory() (the
+    vdso), from_bytes() (an ELF file's bytes) or from_eh_frame() (a bare
+    .eh_frame: a patch image's). prepare() does the reading up front (call it
+    while the process runs; lookup() prepares on first use otherwise); the
+    FDEs are parsed by the lookups that need them, each once.
     """
 
     def __init__(self, name: str, data: bytes | mmap.mmap | None, image: ElfImage | None,
@@ -250,7 +251,8 @@ class CallFrameTable:
             eh_address = sections[".eh_frame"][0]
         if eh_address is None:
             return
-        size = next((s for a, _, s in sections.values() if a == eh_address), None)
+        section = sections.get(".eh_frame")
+        size = section[2] if section is not None and section[0] == eh_address else None
         offset = _vaddr_to_offset(phdrs, eh_address)
         if offset is None:
             raise ELFFormatError(f".eh_frame of {self.name} is not in a loaded segment")

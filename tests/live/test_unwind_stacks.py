@@ -17,7 +17,7 @@ from harness import ARCH, PREBUILT, TIME_SCALE, Program
 from hotpatch.elf.cfi import CallFrameTable
 from hotpatch.elf.symbols import load_symbol_table
 from hotpatch.process import ptrace as P
-from hotpatch.process.attach import attach, process_arch
+from hotpatch.process.attach import MAX_STACK_SCAN, attach, process_arch
 from hotpatch.process.maps import MapIndex
 from hotpatch.process.modules import loaded_modules, module_file
 from hotpatch.safety.unwind import OUTERMOST, CodeMap, stack_reader, unwind
@@ -74,6 +74,8 @@ def capture(pid: int):
                 vdso = CallFrameTable.from_memory(proc.mem.read, m.start, m.end - m.start)
                 code.add(m.start, m.end, vdso, vdso.load_bias)
                 places.append((m.start, m.end, m.path, vdso.load_bias))
+                ranges = vdso.fde_ranges()   # its CFI, read from the process's memory, covers its functions
+                assert ranges and all(code.find_rule(vdso.load_bias + start) is not None for start, _ in ranges)
             else:
                 code.add(m.start, m.end, None)
         index = MapIndex(maps)
@@ -82,7 +84,10 @@ def capture(pid: int):
         for tid in sorted(proc.threads.tracees):
             regs = P.get_regs(tid, arch.regs_type)
             sp = arch.sp(regs)
-            stack = proc.mem.read_available(sp, index.find(sp).end - sp)
+            # the stack as the activeness snapshot reads it: up to the end of its mapping, or below the
+            # thread pointer where that bounds the frames (x86-64's TCB at the top of a thread's stack)
+            end = min(index.find(sp).end, sp + MAX_STACK_SCAN, arch.thread_view(regs).stack_end)
+            stack = proc.mem.read_available(sp, end - sp)
             walks[tid] = unwind(arch, regs, stack_reader(stack, sp), code.find_rule)
         proc.resume_all()
     finally:

@@ -313,3 +313,29 @@ def test_pointer_encodings():
     for unsupported in (0x9B, 0x2B, 0x4B, 0x50):   # indirect, textrel, funcrel, aligned
         with pytest.raises(ELFFormatError):
             decode_pointer(data, 0, unsupported, 0, 0)
+
+
+def test_patch_image_eh_frame(tmp_path):
+    """A patch image as hotpatch's linker lays it out: its bare .eh_frame, linked for the image's base,
+    covers every function of the patch."""
+    from hotpatch.arch import get_arch
+    from hotpatch.elf.relocatable import parse_relocatable
+    from hotpatch.link.linker import plan_layout
+    from hotpatch.ops.build import compile_sources
+    need("gcc")
+    obj = parse_relocatable(compile_sources([os.path.join(FIXTURES, "patch_target.c")], "gcc", [], str(tmp_path)))
+    base = 0x7F12_3400_0000
+    image = plan_layout(obj, get_arch("x86_64"), header_size=4096).link(
+        base, {"counter": base - 0x10000, "helper": base - 0x20000, "snprintf": base - 0x30000}.get)
+    assert image.eh_frame is not None
+    start, end = image.eh_frame
+    table = CallFrameTable.from_eh_frame(bytes(image.data[start - base:end - base]), start, "patch")
+    functions = {n: a for n, a in image.symbols.items() if image.code_range[0] <= a < image.code_range[1]}
+    assert len(functions) == 3 and len(table.fde_ranges()) == 3
+    for name, address in functions.items():
+        if image.sizes.get(name):
+            entry = table.lookup(address)
+            assert entry is not None and (entry.cfa_register, entry.cfa_offset) == (7, 8), name
+            assert (16, OFFSET, -8) in entry.saved
+            assert table.lookup(address + image.sizes[name] - 1) is not None, name
+    assert table.lookup(image.code_range[1]) is None
