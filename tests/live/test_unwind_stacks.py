@@ -20,7 +20,7 @@ from hotpatch.process import ptrace as P
 from hotpatch.process.attach import MAX_STACK_SCAN, attach, process_arch
 from hotpatch.process.maps import MapIndex
 from hotpatch.process.modules import loaded_modules, module_file
-from hotpatch.safety.unwind import OUTERMOST, CodeMap, stack_reader, unwind
+from hotpatch.safety.unwind import OUTERMOST, SIGRETURN, CodeMap, stack_reader, unwind
 
 pytestmark = pytest.mark.arm64
 
@@ -74,8 +74,16 @@ def capture(pid: int):
                 vdso = CallFrameTable.from_memory(proc.mem.read, m.start, m.end - m.start)
                 code.add(m.start, m.end, vdso, vdso.load_bias)
                 places.append((m.start, m.end, m.path, vdso.load_bias))
+                vdso_code = (m.start, proc.mem.read(m.start, m.end - m.start))
                 ranges = vdso.fde_ranges()   # its CFI, read from the process's memory, covers its functions
-                assert ranges and all(code.find_rule(vdso.load_bias + start) is not None for start, _ in ranges)
+                assert all(code.find_rule(vdso.load_bias + start) is not None for start, _ in ranges)
+                # x86-64's vdso has CFI; aarch64's (Debian 12's kernel) has none: its sigreturn trampoline
+                # is known by its bytes alone
+                assert ranges or ARCH == "aarch64"
+                tramp = vdso_code[1].find(arch.sigreturn_code)
+                assert (tramp >= 0) == (ARCH == "aarch64")
+                if tramp >= 0:
+                    assert code.find_rule(m.start + tramp) is SIGRETURN
             else:
                 code.add(m.start, m.end, None)
         index = MapIndex(maps)
