@@ -49,8 +49,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, os.path.join(ROOT, "tests")):   # this checkout's hotpatch; the tests' harness
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from harness import FIXTURES, compiler_for  # noqa: E402
 
 from hotpatch import patchfile  # noqa: E402
 from hotpatch.arch import get_arch  # noqa: E402
@@ -63,7 +66,6 @@ MEMORY_LIMIT = 256 << 20      # new resident memory one case may use
 ADDRESS_SPACE_SLACK = 1 << 30  # larger allocations fail with MemoryError (also a crash) instead of swapping
 REPRO_DIR = "/tmp/hotpatch-fuzz"
 REPROS_PER_CRASH = 3
-FIXTURES = os.path.join(ROOT, "fixtures")
 
 # ELF64 little-endian structures: field -> (offset, struct format)
 EHDR = {"EI_CLASS": (4, "B"), "EI_DATA": (5, "B"), "EI_VERSION": (6, "B"), "EI_OSABI": (7, "B"),
@@ -156,9 +158,12 @@ def synthetic_meta() -> dict:
 SCALES = [1000, 4000, 16000]   # externals of a scaled case: parsing 16,000 takes ~0.4 s, linking must too
 
 
-def build_seeds(cc: str = "gcc") -> list[Seed]:
-    """Real patch objects compiled the way `hotpatch build` does, each with plausible metadata."""
+def build_seeds(cc: str | None = None) -> list[Seed]:
+    """Real x86-64 patch objects compiled the way `hotpatch build` does, each with plausible metadata."""
     from hotpatch.ops.build import compile_sources
+    cc = cc or compiler_for("x86_64")
+    if cc is None:
+        raise SystemExit("fuzz_patchfile: no x86-64 C compiler here (gcc, or x86_64-linux-gnu-gcc)")
     seeds = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, sources, cflags, replace, symbols, external) in enumerate(SEED_SPECS):

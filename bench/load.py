@@ -12,13 +12,17 @@ import argparse
 import http.client
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from harness import Builder, Patch, Program, Targets, hotpatch  # noqa: E402
+
+SERVER = Program("epoll_server.c")
+FIX = Patch("patch_render.c", SERVER)
 BODY = re.compile(rb"^v([12]) (\d+)\n$")
 
 
@@ -48,17 +52,15 @@ def client(port, stop, stats, lock):
 
 
 def run(cycles: int, clients: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="hotpatch-load-") as work:
-        server = os.path.join(work, "server")
-        patch = os.path.join(work, "render.hp")
-        subprocess.run(["gcc", "-O2", "-o", server, os.path.join(ROOT, "fixtures", "epoll_server.c")], check=True)
-        subprocess.run([sys.executable, "-m", "hotpatch", "build", os.path.join(ROOT, "fixtures", "patch_render.c"),
-                        "--target", server, "-o", patch], check=True, capture_output=True, cwd=ROOT)
-        proc = subprocess.Popen([server, "0"], stdout=subprocess.PIPE, text=True)
-        port = int(proc.stdout.readline().split()[1])
+    with tempfile.TemporaryDirectory(prefix="hotpatch-load-") as work, Targets() as start:
+        build = Builder(work)
+        server, patch = build(SERVER), build(FIX)
+        proc = start([server, "0"], ready_prefix=None)
+        ready, port = proc.readline().split()
+        assert ready == "ready", ready
         stats = {"ok": 0, "bad": 0, "versions": set()}
         lock, stop = threading.Lock(), threading.Event()
-        threads = [threading.Thread(target=client, args=(port, stop, stats, lock)) for _ in range(clients)]
+        threads = [threading.Thread(target=client, args=(int(port), stop, stats, lock)) for _ in range(clients)]
         for t in threads:
             t.start()
         done, errors = 0, []
@@ -66,20 +68,17 @@ def run(cycles: int, clients: int) -> dict:
         try:
             for _ in range(cycles):
                 for cmd in (["apply", str(proc.pid), patch], ["revert", str(proc.pid)]):
-                    r = subprocess.run([sys.executable, "-m", "hotpatch", *cmd], capture_output=True, text=True,
-                                       cwd=ROOT)
+                    r = hotpatch(*cmd)
                     if r.returncode != 0:
                         errors.append(r.stderr.strip())
                 done += 1
-                if proc.poll() is not None:
+                if not proc.alive():
                     break
         finally:
             stop.set()
             for t in threads:
                 t.join()
-            alive = proc.poll() is None
-            proc.kill()
-            proc.wait()
+            alive = proc.alive()
         stats.update(cycles=done, seconds=round(time.monotonic() - t0, 1), server_alive=alive, errors=errors)
         return stats
 

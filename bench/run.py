@@ -14,7 +14,6 @@ Figures only: nothing here asserts a timing.
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -23,69 +22,22 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from harness import Builder, Patch, Program, Targets, hotpatch_timed  # noqa: E402
 
-
-class Proc:
-    def __init__(self, argv):
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        self.pid = self.p.pid
-        self.buf = b""
-        assert self.readline() == "ready"
-
-    def readline(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            r, _, _ = select.select([self.p.stdout], [], [], max(0, deadline - time.monotonic()))
-            if not r:
-                raise RuntimeError("target did not answer")
-            chunk = os.read(self.p.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError("target exited")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    def ask(self, cmd):
-        self.p.stdin.write(cmd.encode() + b"\n")
-        return self.readline()
-
-    def close(self):
-        self.p.kill()
-        self.p.wait()
-
-
-def hotpatch(*args):
-    # Output goes to files: waiting for exit (wait4, for the child's own peak
-    # memory) with a pipe full of a large JSON report would deadlock.
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-        t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "hotpatch", *args], stdout=out_f, stderr=err_f, cwd=ROOT)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = (time.perf_counter() - t0) * 1000
-        out_f.seek(0)
-        err_f.seek(0)
-        out, err = out_f.read().decode(), err_f.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"hotpatch {' '.join(args)} failed: {err.strip()}")
-    return wall, usage.ru_maxrss / 1024, out
-
+hotpatch = hotpatch_timed   # (wall ms, peak MB, stdout), raising if it fails
 
 def stats(values):
     return f"{min(values):8.2f} {statistics.median(values):8.2f} {max(values):8.2f}"
 
 
-def gcc(out, *args):
-    subprocess.run(["gcc", "-O2", "-o", out, *args], check=True)
-
-
-def stop_times(work, threads, runs, patch):
-    target = Proc([os.path.join(work, "target"), str(threads)])
+def stop_times(binary, floor_binary, threads, runs, patch):
     floor, floor_window, ours, ours_revert, wall, window = [], [], [], [], [], []
-    try:
+    with Targets() as start:
+        target = start([binary, str(threads)], timeout=120)
         for _ in range(runs):
             target.ask("arm")
-            out = subprocess.run([os.path.join(work, "floor"), str(target.pid)], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run([floor_binary, str(target.pid)], check=True, capture_output=True, text=True).stdout
             floor.append(int(target.ask("gap")) / 1e6)
             floor_window.append(float(out) / 1000)
             target.ask("arm")
@@ -97,24 +49,20 @@ def stop_times(work, threads, runs, patch):
             target.ask("arm")
             hotpatch("revert", str(target.pid))
             ours_revert.append(int(target.ask("gap")) / 1e6)
-    finally:
-        target.close()
     return floor, floor_window, ours, ours_revert, wall, window
 
 
-def call_overhead(work, calls, runs, patch):
+def call_overhead(binary, calls, runs, patch):
     """ns per call, unpatched and patched, measured alternately on one target
     (so that a drift of the machine touches both series alike)."""
-    target = Proc([os.path.join(work, "target"), "1"])
     unpatched, patched = [], []
-    try:
+    with Targets() as start:
+        target = start([binary, "1"])
         for _ in range(runs):
-            unpatched.append(int(target.ask(f"calls {calls}").split()[0]) / calls)
+            unpatched.append(int(target.ask(f"calls {calls}", timeout=120).split()[0]) / calls)
             hotpatch(str(target.pid), patch)
-            patched.append(int(target.ask(f"calls {calls}").split()[0]) / calls)
+            patched.append(int(target.ask(f"calls {calls}", timeout=120).split()[0]) / calls)
             hotpatch("revert", str(target.pid))
-    finally:
-        target.close()
     return unpatched, patched
 
 
@@ -132,16 +80,15 @@ def thousand_functions(work, runs):
     with open(fix, "w") as f:
         for i in range(n):
             f.write(f"int f{i}(int x) {{ return x * {i % 7 + 2} + {i} + 1000000; }}\n")
-    binary, patch = os.path.join(work, "many"), os.path.join(work, "many.hp")
-    gcc(binary, src)
+    builder, many = Builder(work), Program(src)
+    binary = builder(many)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hotpatch", "build", fix, "--target", binary, "-o", patch],
-                   check=True, capture_output=True, cwd=ROOT)
+    patch = builder(Patch(fix, many))
     build = (time.perf_counter() - t0) * 1000
     walls, rss, stops = [], [], []
     for _ in range(runs):
-        target = Proc([binary])
-        try:
+        with Targets() as start:
+            target = start([binary])
             before = target.ask("999")
             w, peak, out = hotpatch(str(target.pid), patch, "--json")
             t = json.loads(out)["timings_ms"]
@@ -150,8 +97,6 @@ def thousand_functions(work, runs):
             assert int(after) == int(before) + 1000000, (before, after)
             walls.append(w)
             rss.append(peak)
-        finally:
-            target.close()
     return build, walls, rss, stops
 
 
@@ -165,14 +110,12 @@ def main():
     calls = 10_000_000 if args.quick else 100_000_000
 
     with tempfile.TemporaryDirectory(prefix="hotpatch-bench-") as work:
-        gcc(os.path.join(work, "target"), "-pthread", os.path.join(ROOT, "fixtures", "probe_threads.c"))
-        gcc(os.path.join(work, "floor"), os.path.join(HERE, "floor.c"))
+        build, target = Builder(work), Program("probe_threads.c")
+        binary, floor_binary = build(target), build(Program(os.path.join(HERE, "floor.c")))
         fix = os.path.join(work, "fix.c")
         with open(fix, "w") as f:
             f.write("int work(int x) { return x * 3 + 1; }\n")   # same body: measures the jump only
-        patch = os.path.join(work, "fix.hp")
-        subprocess.run([sys.executable, "-m", "hotpatch", "build", fix, "--target",
-                        os.path.join(work, "target"), "-o", patch], check=True, cwd=ROOT)
+        patch = build(Patch(fix, target))
 
         print(f"hotpatch benchmark: {os.cpu_count()} CPUs, kernel {os.uname().release}, {runs} runs each; "
               "min / median / max")
@@ -181,7 +124,7 @@ def main():
               f"{'apply/floor':>11}")
         rows = []
         for n in thread_counts:
-            floor, floor_window, ours, revert, wall, window = stop_times(work, n, runs, patch)
+            floor, floor_window, ours, revert, wall, window = stop_times(binary, floor_binary, n, runs, patch)
             ratio = statistics.median(ours) / statistics.median(floor)
             rows.append((n, floor_window, wall, window))
             print(f"{n:>8} | {stats(floor)} | {stats(ours)} | {stats(revert)} | {ratio:10.1f}x")
@@ -196,7 +139,7 @@ def main():
         for n, _, wall, _ in rows:
             print(f"{n:>8} threads: {stats(wall)}")
 
-        unpatched, patched = call_overhead(work, calls, runs, patch)
+        unpatched, patched = call_overhead(binary, calls, runs, patch)
         overhead = statistics.median(patched) - statistics.median(unpatched)
         print(f"\nper-call overhead of a patched function ({calls:,} calls a run, {runs} runs of each, alternating)")
         print(f"  unpatched ns/call: {stats(unpatched)}")

@@ -13,55 +13,32 @@ import argparse
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from harness import Builder, Patch, Program, Targets, hotpatch, hotpatch_popen  # noqa: E402
+
+TARGET = Program("target.c", "-fPIE", "-pie")
+FIX = Patch("patch_target.c", TARGET)
 FUNCTIONS = ("compute", "fact", "version")
 
 
-class Target:
-    def __init__(self, binary):
-        self.p = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.p.stdout.readline().startswith("ready")
-        self.pid = self.p.pid
-        from elftools.elf.elffile import ELFFile
-        with open(binary, "rb") as f:
-            syms = {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()}
-        base = next(int(l.split("-")[0], 16) for l in open(f"/proc/{self.pid}/maps")
-                    if l.split()[-1] == os.path.realpath(binary) and int(l.split()[2], 16) == 0)
-        self.entries = {f: base + syms[f] for f in FUNCTIONS}
-
-    def ask(self, cmd):
-        self.p.stdin.write(cmd + "\n")
-        self.p.stdin.flush()
-        return self.p.stdout.readline().strip()
-
-    def code(self):
-        with open(f"/proc/{self.pid}/mem", "rb") as m:
-            out = {}
-            for f, a in self.entries.items():
-                m.seek(a)
-                out[f] = m.read(32)
-            return out
+def code_of(t, entries) -> dict:
+    return {f: t.read_mem(a, 32) for f, a in entries.items()}
 
 
-def hotpatch(*args):
-    return subprocess.run([sys.executable, "-m", "hotpatch", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def trial(t, patch, original, sig, delay) -> str:
+def trial(t, entries, patch, original, sig, delay) -> str:
     """'patched', 'unpatched', or a description of the harm done."""
-    p = subprocess.Popen([sys.executable, "-m", "hotpatch", str(t.pid), patch], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = hotpatch_popen(str(t.pid), patch)
     time.sleep(delay)
     p.send_signal(sig)
     _, err = p.communicate(timeout=30)
-    if t.p.poll() is not None:
-        return f"TARGET DIED (status {t.p.returncode}) after exit {p.returncode}: {err.strip()}"
-    code = t.code()
+    if not t.alive():
+        return f"TARGET DIED (status {t.proc.returncode}) after exit {p.returncode}: {err.strip()}"
+    code = code_of(t, entries)
     changed = {f for f in FUNCTIONS if code[f] != original[f]}
     # A signal may also arrive before hotpatch's handlers exist (nothing done
     # yet) or after the patch stands (interpreter shutdown): it then dies of it.
@@ -88,27 +65,21 @@ def trial(t, patch, original, sig, delay) -> str:
 def run(trials: int, seed: int) -> dict:
     rng = random.Random(seed)
     tally: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="hotpatch-sigterm-") as work:
-        binary, patch = os.path.join(work, "target"), os.path.join(work, "fix.hp")
-        subprocess.run(["gcc", "-O2", "-fPIE", "-pie", "-o", binary, os.path.join(ROOT, "fixtures", "target.c")],
-                       check=True)
-        r = hotpatch("build", os.path.join(ROOT, "fixtures", "patch_target.c"), "--target", binary, "-o", patch)
-        assert r.returncode == 0, r.stderr
-        t = Target(binary)
-        try:
-            original = t.code()
-            for _ in range(trials):
-                sig = rng.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-                delay = rng.uniform(0.0, 0.25)
-                outcome = trial(t, patch, original, sig, delay)
-                tally[outcome] = tally.get(outcome, 0) + 1
-                if outcome.startswith("TARGET DIED"):
-                    print(f"signal {sig.name} after {delay * 1000:.0f} ms: {outcome}", file=sys.stderr)
-                    break
-            tally["alive at the end"] = int(t.p.poll() is None)
-        finally:
-            t.p.kill()
-            t.p.wait()
+    with tempfile.TemporaryDirectory(prefix="hotpatch-sigterm-") as work, Targets() as start:
+        build = Builder(work)
+        binary, patch = build(TARGET), build(FIX)
+        t = start([binary])
+        entries = {f: t.symbol_address(binary, f) for f in FUNCTIONS}
+        original = code_of(t, entries)
+        for _ in range(trials):
+            sig = rng.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+            delay = rng.uniform(0.0, 0.25)
+            outcome = trial(t, entries, patch, original, sig, delay)
+            tally[outcome] = tally.get(outcome, 0) + 1
+            if outcome.startswith("TARGET DIED"):
+                print(f"signal {sig.name} after {delay * 1000:.0f} ms: {outcome}", file=sys.stderr)
+                break
+        tally["alive at the end"] = int(t.alive())
     return tally
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
-ARCH = {"arm64": "aarch64"}.get(os.uname().machine, os.uname().machine)   # the only one a live test can run
+HOST_ARCH = {"arm64": "aarch64"}.get(os.uname().machine, os.uname().machine)
+ARCH = HOST_ARCH   # the architecture live scenarios run on (tests/arm64/prepare.py sets the guest's)
 # The ARM64 guest emulates its CPU (qemu TCG): bounds on elapsed time are multiplied by this.
 TIME_SCALE = float(os.environ.get("HOTPATCH_TEST_TIME_SCALE", "1"))
 LINE_TIMEOUT = 20.0 * TIME_SCALE
@@ -41,7 +42,7 @@ def _prebuilt_dir() -> str | None:
     if os.environ.get("HOTPATCH_PREBUILT"):
         return os.path.join(ROOT, os.environ["HOTPATCH_PREBUILT"])
     if shutil.which("gcc") is None:
-        return os.path.join(ROOT, "build", {"aarch64": "arm64"}.get(ARCH, ARCH))
+        return os.path.join(ROOT, "build", {"aarch64": "arm64"}.get(HOST_ARCH, HOST_ARCH))
     return None
 
 
@@ -116,15 +117,17 @@ class MissingPrebuilt(LookupError):
 
 def compiler_for(arch: str) -> str | None:
     """gcc for this machine's architecture, else the architecture's cross compiler if installed."""
-    if arch == ARCH and shutil.which("gcc"):
+    if arch == HOST_ARCH and shutil.which("gcc"):
         return "gcc"
     cross = f"{arch}-linux-gnu-gcc"
     return cross if shutil.which(cross) else None
 
 
 def compile_c(out: str, sources, flags=(), cc: str = "gcc") -> str:
-    """cc -O2 -g -pthread FLAGS -o OUT SOURCES (sources under fixtures/ unless absolute)."""
-    subprocess.run([cc, "-O2", "-g", "-pthread", *flags, "-o", out, *(_source_path(s) for s in sources)],
+    """cc -O2 -g -pthread FLAGS -o OUT SOURCES LIBS (sources under fixtures/ unless absolute; -l flags last)."""
+    libs = [f for f in flags if f.startswith("-l")]
+    flags = [f for f in flags if not f.startswith("-l")]
+    subprocess.run([cc, "-O2", "-g", "-pthread", *flags, "-o", out, *(_source_path(s) for s in sources), *libs],
                    check=True)
     return out
 
@@ -235,9 +238,9 @@ class Target:
         self.proc.stdin.write(text.encode() + b"\n")
         self.proc.stdin.flush()
 
-    def ask(self, text: str) -> str:
+    def ask(self, text: str, timeout: float = LINE_TIMEOUT) -> str:
         self.send(text)
-        return self.readline()
+        return self.readline(timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -305,11 +308,11 @@ class Targets:
     def __init__(self):
         self.started: list[Target] = []
 
-    def __call__(self, argv, ready_prefix: str | None = "ready") -> Target:
+    def __call__(self, argv, ready_prefix: str | None = "ready", timeout: float = LINE_TIMEOUT) -> Target:
         t = Target(argv if isinstance(argv, list) else [argv])
         self.started.append(t)
         if ready_prefix is not None:
-            line = t.readline()
+            line = t.readline(timeout)
             assert line.startswith(ready_prefix), line
         return t
 

@@ -5,6 +5,7 @@ stopped is delivered."""
 import os
 import signal
 import socket
+import time
 
 import pytest
 from harness import ARCH, TIME_SCALE, Patch, Program, hotpatch, paused
@@ -39,9 +40,13 @@ def test_blocked_syscalls_and_sigchld(build, spawn):
     ready, port, child = lines.next_answer().split()
     assert ready == "ready"
     port, child = int(port), int(child)
+    deadline = time.monotonic() + 10 * TIME_SCALE   # the sleeper enters its sleep after "ready"
+    while NR_CLOCK_NANOSLEEP not in t.syscalls().values():
+        assert time.monotonic() < deadline, t.syscalls()
+        time.sleep(0.01)   # the kernel's view has no event to wait on
     # hold apply with every thread stopped, make the child exit, then let it go on
     with paused(str(t.pid), build(FIX), at="apply:checked"):
-        assert NR_CLOCK_NANOSLEEP in t.syscalls().values()   # the sleeper is held inside its sleep
+        assert not t.has_line()        # no thread has woken: the sleeper is held inside its sleep
         os.kill(child, signal.SIGKILL)
     assert lines.ask("work 1") == "1001"
     assert lines.ask("chld") == "chld 1 reaped 1"
