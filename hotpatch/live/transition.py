@@ -10,6 +10,7 @@ then resumes or detaches them itself: the commit point stays in its code.
 import time
 
 from hotpatch.errors import ProcessBusy
+from hotpatch.live.unwinding import Stacks
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import MapIndex
 from hotpatch.safety.activeness import BusyThread, RangeSet, find_busy
@@ -18,16 +19,21 @@ from hotpatch.steps import Steps
 FIRST_DELAY, MAX_DELAY = 0.001, 0.05
 
 
-def check(proc: Process, maps: MapIndex, ranges: RangeSet) -> BusyThread | None:
-    """With every thread stopped: the first thread inside `ranges`, or None when all are safe."""
-    return find_busy(proc.snapshot(maps), ranges)
+def check(proc: Process, maps: MapIndex, ranges: RangeSet, stacks: Stacks | None) -> BusyThread | None:
+    """With every thread stopped: the first thread inside `ranges`, or None when all are safe.
+
+    With `stacks`, by real frames (candidates of the word scan unwound);
+    without, by the word scan alone (conservative: a stale word is busy).
+    """
+    snapshot = proc.snapshot(maps)
+    return stacks.find_busy(snapshot, ranges) if stacks is not None else find_busy(snapshot, ranges)
 
 
-def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps) -> int:
+def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None = None) -> int:
     """Return with every thread stopped and none inside `ranges`; the number of attempts.
 
     Raises ProcessBusy (threads resumed) when a thread is still inside at
-    the deadline.
+    the deadline, with its backtrace.
     """
     deadline = time.monotonic() + timeout
     delay, attempts = FIRST_DELAY, 0
@@ -38,16 +44,27 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
         steps.mark("stopping")
         proc.stop_all()
         steps.mark("stopped")
-        busy = check(proc, maps, ranges)
+        busy = check(proc, maps, ranges, stacks)
         steps.mark("checked")
         if busy is None:
             return attempts
         if time.monotonic() + delay >= deadline:
             proc.resume_all()
-            raise ProcessBusy(
-                f"{busy.describe(proc.thread_name(busy.tid))}; still busy after {timeout:g} s ({attempts} checks)",
-                "retry when the process is idle or raise --timeout; a function that never returns "
-                "(a thread's main loop) can never be replaced")
+            raise busy_error(proc, busy, stacks, timeout, attempts)
         proc.resume_all()
         time.sleep(delay)
         delay = min(delay * 2, MAX_DELAY)
+
+
+def busy_error(proc: Process, busy: BusyThread, stacks: Stacks | None, timeout: float, attempts: int) -> ProcessBusy:
+    """The refusal, with the evidence: the thread, what it is in, and its backtrace in symbol names."""
+    name = proc.thread_name(busy.tid)
+    backtrace = stacks.backtrace(busy) if stacks is not None and busy.frames else []
+    chain = f": {' <- '.join(backtrace)}" if backtrace else ""
+    return ProcessBusy(
+        f"thread {busy.tid} ({name}) {busy.how} {busy.label} (at {busy.address:#x}){chain}; "
+        f"still busy after {timeout:g} s ({attempts} checks)",
+        "retry when the process is idle or raise --timeout; a function that never returns "
+        "(a thread's main loop) can never be replaced",
+        {"busy": {"tid": busy.tid, "thread": name, "function": busy.label, "how": busy.how,
+                  "address": hex(busy.address), "backtrace": backtrace}})

@@ -19,6 +19,7 @@ from hotpatch.errors import PatchMismatch, UndoFailed
 from hotpatch.link.linker import plan_layout
 from hotpatch.live import ehframe, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
+from hotpatch.live.unwinding import Stacks
 from hotpatch.process.attach import Process, attach, check_pid
 from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
 from hotpatch.steps import Steps, check_interrupted
@@ -71,8 +72,9 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     linked = plan.link(intended, resolved.get)
     tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
     guarded = trampolines.guarded_ranges(meta, module, applied)
+    stacks = Stacks(proc, maps, loaded.modules, applied)
     if dry_run:
-        attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+        attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
 
     record_id = max((r.id for r in records.find_records(maps, proc.mem)), default=0) + 1   # retired ones too
@@ -114,7 +116,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         records.write_flags(record, proc.mem)
         steps.mark("registered")
 
-    attempts = transition.stop_when_safe(proc, guarded, timeout, steps)
+    attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)
     trampolines.switch(tramps, proc.mem, tx, steps)
     tx.commit()   # the commit point: from here the patch stands, nothing below undoes it
     proc.detach_all()

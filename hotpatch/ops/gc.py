@@ -6,8 +6,10 @@ thread stopped), then no word of writable memory pointing into its code
 """
 
 from hotpatch.live import perfmap, records, sandbox, transition
+from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.revert import code_ranges, free_images
 from hotpatch.process.attach import attach, check_pid, process_arch
+from hotpatch.process.modules import loaded_modules
 from hotpatch.steps import Steps, check_interrupted
 
 
@@ -17,10 +19,13 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
     proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
     try:
         sandbox.check_process(proc)
-        retired = [r for r in records.find_records(proc.maps(), proc.mem) if r.retired]
+        maps = proc.maps()
+        found = records.find_records(maps, proc.mem)
+        retired = [r for r in found if r.retired]
         if not retired:
             return {"status": "clean", "pid": pid, "freed": [], "retired": [], "unfreed": []}
-        attempts = transition.stop_when_safe(proc, code_ranges(retired), timeout, steps)
+        stacks = Stacks(proc, maps, loaded_modules(pid, maps, proc.mem).modules, found)
+        attempts = transition.stop_when_safe(proc, code_ranges(retired), timeout, steps, stacks)
         thread_stacks = proc.stack_mappings()
         proc.detach_all(keep=proc.syscall_thread())
         freed, kept, unfreed = free_images(proc, retired, thread_stacks, steps)

@@ -12,6 +12,7 @@ cannot undo the revert either: it is reported and a later revert frees it.
 from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
 from hotpatch.live import ehframe, image, perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
+from hotpatch.live.unwinding import Stacks
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
 from hotpatch.process.memory import Memory
 from hotpatch.process.modules import loaded_modules
@@ -86,10 +87,13 @@ def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps) -> None:
 
 def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
     sandbox.check_process(proc)
-    applied = [r for r in records.find_records(proc.maps(), proc.mem) if not r.retired]
+    maps = proc.maps()
+    found = records.find_records(maps, proc.mem)
+    applied = [r for r in found if not r.retired]
     chosen = choose(proc.pid, applied, patch_id, revert_all)
+    stacks = Stacks(proc, maps, loaded_modules(proc.pid, maps, proc.mem).modules, found)
 
-    attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps)
+    attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
     restore(chosen, proc.mem, steps)
     steps.mark("switched", abortable=False)   # the commit point: reverted, the rest only frees memory
 

@@ -175,6 +175,13 @@ class Process:
         return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges),
                         [sp for sp, _ in ranges])
 
+    def registers(self, tid: int):
+        """The registers of a stopped thread (the architecture's NT_PRSTATUS struct), None if it is gone."""
+        try:
+            return P.get_regs(tid, self.arch.regs_type)
+        except P.ThreadGone:
+            return None
+
     def stack_mappings(self) -> set[int]:
         """Start addresses of the mappings that hold a stopped thread's stack pointer."""
         index, out = MapIndex(self.maps()), set()

@@ -74,8 +74,9 @@ class Snapshot:
 class BusyThread:
     tid: int
     label: str
-    how: str   # "executing" or "will return into"
+    how: str   # "is executing", "will return into", or why its stack is unreliable
     address: int
+    frames: tuple[int, ...] = ()   # its real call chain, innermost first, when it was unwound
 
     def describe(self, thread_name: str) -> str:
         return f"thread {self.tid} ({thread_name}) {self.how} {self.label} (at {self.address:#x})"
