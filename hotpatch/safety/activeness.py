@@ -158,9 +158,11 @@ def _needles(ranges: list[GuardedRange]) -> list[tuple[int, bytes]]:
     MAX_NEEDLES of them.
     """
     best: list[tuple[int, bytes]] = []
+    pieces = [p for r in ranges for p in _with_nonzero_tops(r.start, r.end)]
     for min_k in range(8):
         needles: dict[tuple[int, bytes], None] = {}
-        for r in ranges:
+        for start, end in pieces:
+            r = GuardedRange(start, end, "")
             own_k = _low_bytes_varying(r.start, r.end - 1)
             k = max(min_k, own_k)
             top = (r.start >> (8 * k)).to_bytes(8 - k, "little")
@@ -172,6 +174,29 @@ def _needles(ranges: list[GuardedRange]) -> list[tuple[int, bytes]]:
         if len(best) <= MAX_NEEDLES:
             break
     return best
+
+
+def _with_nonzero_tops(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) cut where needed so that every piece's needle has a nonzero byte.
+
+    A needle is the bytes above those that vary within a piece, up to the
+    highest nonzero one. A low range whose varying bytes reach its highest
+    nonzero byte (0x40fff0..0x410010: bytes 0-2 vary, byte 3 up are zero)
+    would need a needle of zeros that also spans bytes 6-7, where a PAC sits:
+    a signed return address would never match. Cut at the boundaries of the
+    highest varying byte instead (0x40fff0..0x410000 and 0x410000..0x410010).
+    """
+    out, todo = [], [(start, end)]
+    while todo:
+        lo, hi = todo.pop()
+        k = _low_bytes_varying(lo, hi - 1)
+        if k == 0 or lo >> (8 * k):
+            out.append((lo, hi))
+            continue
+        step = 1 << (8 * (k - 1))
+        cut = (lo // step + 1) * step
+        todo += [(lo, min(cut, hi))] + ([(cut, hi)] if cut < hi else [])
+    return sorted(out)
 
 
 def _low_bytes_varying(lo: int, hi: int) -> int:
