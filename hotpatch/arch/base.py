@@ -123,6 +123,16 @@ class Arch(abc.ABC):
     @abc.abstractmethod
     def call_result(self, regs) -> int: ...
 
+    # -- hardware breakpoints (catching a thread as it leaves a function) ---
+    @abc.abstractmethod
+    def breakpoint_writes(self, address: int) -> list[tuple[str, int, object]]:
+        """Writes arming one execution breakpoint in a thread: ("user", offset, value) for
+        PTRACE_POKEUSER, or ("regset", note type, bytes) for PTRACE_SETREGSET."""
+
+    @abc.abstractmethod
+    def clear_writes(self) -> list[tuple[str, int, object]]:
+        """Writes disarming it."""
+
     # -- unwinding --------------------------------------------------------
     @abc.abstractmethod
     def unwind_registers(self, regs) -> list[int | None]:

@@ -17,6 +17,7 @@ from hotpatch.safety.activeness import BusyThread, RangeSet, find_busy
 from hotpatch.steps import Steps
 
 FIRST_DELAY, MAX_DELAY = 0.001, 0.05
+CATCH_AFTER = 3   # checks finding the same thread in the same frames before it is caught as it leaves
 
 
 def check(proc: Process, maps: MapIndex, ranges: RangeSet, stacks: Stacks | None) -> BusyThread | None:
@@ -39,6 +40,7 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
     delay, attempts = FIRST_DELAY, 0
     maps = MapIndex(proc.maps())
     proc.prepare_snapshot()
+    last, same = None, 0
     while True:
         attempts += 1
         steps.mark("stopping")
@@ -48,12 +50,37 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
         steps.mark("checked")
         if busy is None:
             return attempts
+        same = same + 1 if (busy.tid, busy.catch_at) == last else 1
+        last = (busy.tid, busy.catch_at)
         if time.monotonic() + delay >= deadline:
             proc.resume_all()
             raise busy_error(proc, busy, stacks, timeout, attempts)
+        if same >= CATCH_AFTER and busy.catch_at is not None and catch_leaving(proc, busy, deadline):
+            continue   # it is held outside them: stop the others and check again, at once
         proc.resume_all()
         time.sleep(delay)
         delay = min(delay * 2, MAX_DELAY)
+
+
+def catch_leaving(proc: Process, busy: BusyThread, deadline: float) -> bool:
+    """A thread that polling keeps finding inside: stop it as it returns from the outermost guarded frame.
+
+    A hardware execution breakpoint on that return address, in that thread
+    only (no code is modified, no other thread disturbed), while the process
+    runs; True when it fired (the thread is held there). The breakpoint is
+    disarmed on every path: left armed, it would trap with no tracer.
+    """
+    if not proc.catch(busy.tid, busy.catch_at):
+        return False   # no slot, or the kernel refused: keep polling
+    caught = False
+    try:
+        proc.resume_all()
+        caught = proc.wait_caught(busy.tid, deadline)
+    finally:
+        if not caught and busy.tid in proc.thread_ids():
+            proc.stop_thread(busy.tid)
+        proc.release_catch(busy.tid)
+    return caught
 
 
 def busy_error(proc: Process, busy: BusyThread, stacks: Stacks | None, timeout: float, attempts: int) -> ProcessBusy:

@@ -42,7 +42,7 @@ class Stacks:
                 # The evidence: the whole chain, not only as far as the candidates (one thread, once).
                 whole = self.walk(snapshot, suspect, regs, bounded=False)
                 return BusyThread(verdict.tid, verdict.label, verdict.how, verdict.address,
-                                  tuple(f.pc for f in whole.frames))
+                                  tuple(f.pc for f in whole.frames), return_point(whole, ranges))
         return None
 
     def walk(self, snapshot: Snapshot, suspect: Suspect, regs, bounded: bool = True) -> Walk:
@@ -108,3 +108,19 @@ def judge(suspect: Suspect, frames: Walk, ranges: RangeSet) -> BusyThread | None
         return BusyThread(suspect.tid, near, f"has {UNRELIABLE} ({frames.why()}) and may return into",
                           frames.address, pcs)
     return None
+
+
+def return_point(frames: Walk, ranges: RangeSet) -> int | None:
+    """The return address above the outermost guarded frame: once there, the thread has left them all.
+
+    None when it cannot be trusted: an unreliable walk, or a signal frame on the
+    way (a handler's return does not pass through a return address).
+    """
+    if not frames.reliable:
+        return None
+    outermost = max((i for i, f in enumerate(frames.frames) if ranges.find(f.pc) is not None), default=None)
+    if outermost is None or outermost + 1 >= len(frames.frames):
+        return None
+    if any(f.signal for f in frames.frames[:outermost + 2]):
+        return None
+    return frames.frames[outermost + 1].pc

@@ -109,6 +109,23 @@ class Process:
     def resume_all(self) -> None:
         self.threads.resume_all()
 
+    # -- catching a thread as it leaves a function ------------------------
+    def catch(self, tid: int, address: int) -> bool:
+        """Arm a hardware breakpoint at `address` in stopped thread `tid` only; False if it cannot be."""
+        try:
+            self.threads.catch(tid, address, self.arch.breakpoint_writes(address))
+            return True
+        except (TraceError, KeyError):
+            return False
+
+    def release_catch(self, tid: int) -> None:
+        """Disarm it; the thread must be stopped (it is, in every stop, and when caught)."""
+        self.threads.release_catch(tid, self.arch.clear_writes())
+
+    def wait_caught(self, tid: int, deadline: float) -> bool:
+        """The process runs until `tid` reaches its breakpoint (held there, True) or the deadline."""
+        return self.threads.wait_caught(tid, deadline)
+
     def thread_ids(self) -> list[int]:
         return list(self.threads.tracees)
 

@@ -15,6 +15,7 @@ from ptrace.binding.func import _ptrace as _libc_ptrace  # python-ptrace's raw c
 
 from hotpatch.errors import ThreadGone, TraceError
 
+PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
@@ -171,6 +172,25 @@ class RegsReader:
         self.vec.iov_len = self.size
         _call(PTRACE_GETREGSET, tid, NT_PRSTATUS, self.vec_addr)
         return self.regs
+
+
+def poke_user(tid: int, offset: int, value: int) -> None:
+    _call(PTRACE_POKEUSER, tid, offset, value)
+
+
+def set_regset(tid: int, note: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    vec = iovec(ctypes.addressof(buf), len(data))
+    _call(PTRACE_SETREGSET, tid, note, ctypes.addressof(vec))
+
+
+def apply_writes(tid: int, writes) -> None:
+    """Arch debug-register writes: ("user", offset, value) or ("regset", note type, bytes)."""
+    for kind, where, what in writes:
+        if kind == "user":
+            poke_user(tid, where, what)
+        else:
+            set_regset(tid, where, what)
 
 
 def set_regs(tid: int, regs) -> None:

@@ -37,6 +37,8 @@ class Tracee:
     stepping: bool = False      # events go to `events`, for single_step()
     events: list[int] = field(default_factory=list)
     view: Any = None            # thread_view(registers) read as its held stop arrived; None while running
+    watch: int | None = None    # an armed execution breakpoint's address (catch())
+    caught: bool = False        # it fired: held at `watch`, its SIGTRAP not delivered
 
 
 def list_tids(pid: int) -> list[int]:
@@ -422,6 +424,12 @@ class ThreadGroup:
         elif event:
             self._stopped(t)
         else:
+            if sig == signal.SIGTRAP and t.watch is not None and self._at_watch(t):
+                # Our breakpoint: the thread stays stopped there, the trap is never delivered.
+                t.caught = True
+                t.hold = True
+                self._stopped(t)
+                return
             # Signal-delivery-stop: hand the signal back to the kernel now.
             self.signals_passed += 1
             try:
@@ -433,6 +441,43 @@ class ThreadGroup:
             t.interrupted = False
             if t.hold:
                 self._interrupt(t)
+
+    def _at_watch(self, t: Tracee) -> bool:
+        if self._regs is None or self._thread_view is None:
+            return False
+        try:
+            return self._thread_view(self._regs.read(t.tid))[0][0] == t.watch
+        except ThreadGone:
+            return False
+
+    # -- catching a thread as it leaves a function ------------------------
+    def catch(self, tid: int, address: int, writes) -> None:
+        """Arm an execution breakpoint at `address` in (stopped) thread `tid` only."""
+        t = self.tracees[tid]
+        P.apply_writes(tid, writes)
+        t.watch, t.caught = address, False
+
+    def release_catch(self, tid: int, writes) -> None:
+        """Disarm it (the thread must be stopped): never left armed, it would trap with no tracer."""
+        t = self.tracees.get(tid)
+        if t is None or t.watch is None:
+            return
+        try:
+            P.apply_writes(tid, writes)
+        except ThreadGone:
+            self._drop(tid)
+        t.watch, t.caught = None, False
+
+    def wait_caught(self, tid: int, deadline: float) -> bool:
+        """Let everything run until thread `tid` hits its breakpoint (True) or the deadline (False)."""
+        t = self.tracees[tid]
+        try:
+            self._pump_until(lambda: t.caught or tid not in self.tracees, deadline, "return")
+        except ProcessGone:
+            raise
+        except TraceError:
+            return False   # the deadline: not an error here
+        return t.caught
 
     def _stopped(self, t: Tracee) -> None:
         t.interrupted = False

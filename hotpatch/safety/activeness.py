@@ -77,6 +77,7 @@ class BusyThread:
     how: str   # "is executing", "will return into", or why its stack is unreliable
     address: int
     frames: tuple[int, ...] = ()   # its real call chain, innermost first, when it was unwound
+    catch_at: int | None = None    # where it is outside every guarded frame again: a return address
 
     def describe(self, thread_name: str) -> str:
         return f"thread {self.tid} ({thread_name}) {self.how} {self.label} (at {self.address:#x})"

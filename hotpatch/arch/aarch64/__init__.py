@@ -1,6 +1,6 @@
 """AArch64: the architecture's modules wired into one Arch."""
 
-from hotpatch.arch.aarch64 import call, insn, jumps, registers, syscall, unwind
+from hotpatch.arch.aarch64 import call, debug, insn, jumps, registers, syscall, unwind
 from hotpatch.arch.aarch64 import relocations as relocation_table
 from hotpatch.arch.base import Arch
 
@@ -40,6 +40,8 @@ class AArch64(Arch):
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
     trap_insn = call.TRAP_INSN
+    breakpoint_writes = staticmethod(debug.breakpoint_writes)
+    clear_writes = staticmethod(debug.clear_writes)
     hijack_for_call = staticmethod(call.hijack_for_call)
     returned_at = staticmethod(call.returned_at)
     call_result = staticmethod(call.call_result)

@@ -1,7 +1,7 @@
 """x86-64: the architecture's modules wired into one Arch."""
 
 from hotpatch.arch.base import Arch
-from hotpatch.arch.x86_64 import call, insn, jumps, registers, syscall, unwind
+from hotpatch.arch.x86_64 import call, debug, insn, jumps, registers, syscall, unwind
 from hotpatch.arch.x86_64 import relocations as relocation_table
 
 
@@ -40,6 +40,8 @@ class X86_64(Arch):
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
     trap_insn = call.TRAP_INSN
+    breakpoint_writes = staticmethod(debug.breakpoint_writes)
+    clear_writes = staticmethod(debug.clear_writes)
     hijack_for_call = staticmethod(call.hijack_for_call)
     returned_at = staticmethod(call.returned_at)
     call_result = staticmethod(call.call_result)
