@@ -26,11 +26,14 @@ NEAR = st.tuples(ADDR, st.integers(-0x100, 0x5_0000)).map(lambda t: max(0, t[0] 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(ADDR, st.integers(0, 0x2_0000), st.integers(1, 0x3_0000)), min_size=1, max_size=4),
-       st.lists(st.one_of(st.integers(0, (1 << 64) - 1), NEAR), max_size=64),
+       st.lists(st.one_of(st.integers(0, (1 << 64) - 1), NEAR,
+                          st.tuples(NEAR, st.integers(1, 0xFFFF)).map(lambda t: t[0] | t[1] << 48)),   # PAC-signed
+                max_size=64),
        st.integers(0, 7), st.integers(0, 0x2_0000))
 def test_scan_matches_naive(spans, words, junk, into):
-    """`end` cuts a word short (junk bytes of it kept), and past `end` lies a word inside a range:
-    neither the partial word nor anything past `end` may count."""
+    """Words plain, near the ranges, or PAC-signed (AArch64: a signature in bits 48..63); `end` cuts a
+    word short (junk bytes of it kept), and past `end` lies a word inside a range: neither the partial
+    word nor anything past `end` may count."""
     ranges = [GuardedRange(a + o, a + o + n, "f") for a, o, n in spans]
     inside = ranges[0].start + into % (ranges[0].end - ranges[0].start)
     data = b"".join(struct.pack("<Q", w) for w in words) + struct.pack("<Q", inside) * 2
