@@ -18,10 +18,10 @@ from hotpatch.process.modules import Module, module_file
 class Symbolizer:
     def __init__(self, pid: int, modules: list[Module], maps: list[Mapping], applied: list[PatchRecord]):
         self.pid = pid
-        self.modules = sorted(modules, key=lambda m: m.start)
-        self._starts = [m.start for m in self.modules]
+        self.modules = {m.path: m for m in modules}
         self._tables: dict[str, SymbolTable | None] = {}
-        self._maps = maps
+        self._maps = sorted(maps, key=lambda m: m.start)
+        self._map_starts = [m.start for m in self._maps]
         self._patch_functions = sorted((f.new, f.name, r.id) for r in applied for f in r.functions)
         self._images = [(r.code[0], r.code[1], r.id) for r in applied]
 
@@ -32,9 +32,10 @@ class Symbolizer:
                 if i >= 0 and self._patch_functions[i][2] == record_id:
                     return f"{self._patch_functions[i][1]} (patch {record_id})"
                 return f"patch {record_id} code {pc:#x}"
-        module = self._module(pc)
+        mapping = self._mapping(pc)
+        module = self.modules.get(mapping.path) if mapping is not None else None
         if module is None:
-            mapping = next((m for m in self._maps if m.start <= pc < m.end), None)
+            # By mapping, not by a module's span: ld.so's span encloses the vdso.
             where = f" in {mapping.path}" if mapping and mapping.path else ""
             return f"{pc:#x}{where}"
         table = self._table(module)
@@ -46,10 +47,10 @@ class Symbolizer:
     def backtrace(self, pcs: list[int]) -> list[str]:
         return [self.name(pc) for pc in pcs]
 
-    def _module(self, pc: int) -> Module | None:
-        i = bisect.bisect_right(self._starts, pc) - 1
-        if i >= 0 and pc < self.modules[i].end:
-            return self.modules[i]
+    def _mapping(self, pc: int) -> Mapping | None:
+        i = bisect.bisect_right(self._map_starts, pc) - 1
+        if i >= 0 and pc < self._maps[i].end:
+            return self._maps[i]
         return None
 
     def _table(self, module: Module) -> SymbolTable | None:
