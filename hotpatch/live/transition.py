@@ -77,9 +77,10 @@ def catch_leaving(proc: Process, busy: BusyThread, deadline: float) -> bool:
         proc.resume_all()
         caught = proc.wait_caught(busy.tid, deadline)
     finally:
-        if not caught and busy.tid in proc.thread_ids():
-            proc.stop_thread(busy.tid)
-        proc.release_catch(busy.tid)
+        with proc.uninterruptible():   # a termination request must not leave it armed
+            if not caught and busy.tid in proc.thread_ids():
+                proc.stop_thread(busy.tid)
+            proc.release_catch(busy.tid)
     return caught
 
 
