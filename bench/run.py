@@ -31,10 +31,10 @@ def stats(values):
     return f"{min(values):8.2f} {statistics.median(values):8.2f} {max(values):8.2f}"
 
 
-def stop_times(binary, floor_binary, threads, runs, patch):
+def stop_times(binary, floor_binary, threads, runs, patch, mode=None):
     floor, floor_window, ours, ours_revert, wall, window = [], [], [], [], [], []
     with Targets() as start:
-        target = start([binary, str(threads)], timeout=120)
+        target = start([binary, str(threads), *([mode] if mode else [])], timeout=120)
         for _ in range(runs):
             target.ask("arm")
             out = subprocess.run([floor_binary, str(target.pid)], check=True, capture_output=True, text=True).stdout
@@ -135,6 +135,14 @@ def main():
         for n, floor_window, _, window in rows:
             ratio = statistics.median(window) / statistics.median(floor_window)
             print(f"{n:>8} | {stats(floor_window)} | {stats(window)} | {ratio:10.1f}x")
+        n = thread_counts[-1]
+        _, _, stale, stale_revert, _, stale_window = stop_times(binary, floor_binary, n, runs, patch, "stale")
+        plain = next(r for r in rows if r[0] == n)
+        print(f"\nevery thread unwound: {n} threads each holding a stale word pointing into work(), a")
+        print("candidate the check dismisses only by walking that thread's real frames (ms)")
+        print(f"  target stop, apply:  {stats(stale)}   revert: {stats(stale_revert)}")
+        print(f"  stop window, apply:  {stats(stale_window)}   (no candidates: {stats(plain[3])}, "
+              f"{statistics.median(stale_window) / statistics.median(plain[3]):.1f}x)")
         print("\napply wall time, CLI start to exit (ms)")
         for n, _, wall, _ in rows:
             print(f"{n:>8} threads: {stats(wall)}")

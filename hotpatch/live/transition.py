@@ -7,6 +7,7 @@ never holds the others. The caller acts while every thread is stopped and
 then resumes or detaches them itself: the commit point stays in its code.
 """
 
+import gc
 import time
 
 from hotpatch.errors import ProcessBusy
@@ -36,6 +37,16 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
     Raises ProcessBusy (threads resumed) when a thread is still inside at
     the deadline, with its backtrace.
     """
+    # No garbage collection inside a stop: the tables read before it (CFI,
+    # symbols) make a full collection long enough to show in the pause.
+    gc.disable()
+    try:
+        return _stop_when_safe(proc, ranges, timeout, steps, stacks)
+    finally:
+        gc.enable()
+
+
+def _stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None) -> int:
     deadline = time.monotonic() + timeout
     delay, attempts = FIRST_DELAY, 0
     maps = MapIndex(proc.maps())
@@ -43,8 +54,9 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
     last, same = None, 0
     while True:
         attempts += 1
+        running = proc.running_threads()   # read while the process runs, not in the stop
         steps.mark("stopping")
-        proc.stop_all()
+        proc.stop_all(running)
         steps.mark("stopped")
         busy = check(proc, maps, ranges, stacks)
         steps.mark("checked")

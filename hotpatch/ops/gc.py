@@ -26,8 +26,8 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
             return {"status": "clean", "pid": pid, "freed": [], "retired": [], "unfreed": []}
         stacks = Stacks(proc, maps, loaded_modules(pid, maps, proc.mem).modules, found)
         attempts = transition.stop_when_safe(proc, code_ranges(retired), timeout, steps, stacks)
-        thread_stacks = proc.stack_mappings()
         proc.detach_all(keep=proc.syscall_thread())
+        thread_stacks = proc.stack_mappings()
         freed, kept, unfreed = free_images(proc, retired, thread_stacks, steps)
         proc.detach_all()
         warning = perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))

@@ -99,9 +99,9 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
 
     # No thread runs or returns into the images and nothing jumps there now:
     # the others go while one thread frees them.
-    thread_stacks = proc.stack_mappings()
     proc.detach_all(keep=proc.syscall_thread())
     steps.mark("resumed", abortable=False)
+    thread_stacks = proc.stack_mappings()
     freed, retired, unfreed = free_images(proc, chosen, thread_stacks, steps)
     steps.mark("unmapped", abortable=False)
     proc.detach_all()

@@ -82,6 +82,7 @@ class Process:
         self.mem: Memory | None = None
         self._remote: RemoteSyscalls | None = None
         self._stacks = bytearray()   # reused stack buffer (see prepare_snapshot)
+        self._last_sps: list[int] = []
 
     def uninterruptible(self):
         """Waits inside are never abandoned: an undo in progress."""
@@ -102,9 +103,13 @@ class Process:
         return self.threads.signals_passed
 
     # -- stopping and resuming ------------------------------------------
-    def stop_all(self) -> None:
-        """Every thread in a ptrace-stop, those seen running right now interrupted last."""
-        self.threads.stop_all(running_hint=running_threads(self.pid, self.threads.tracees))
+    def running_threads(self) -> set[int]:
+        """Threads the kernel shows running or runnable now: stop_all interrupts them last."""
+        return running_threads(self.pid, self.threads.tracees)
+
+    def stop_all(self, running: set[int] | None = None) -> None:
+        """Every thread in a ptrace-stop, those in `running` (read just before) interrupted last."""
+        self.threads.stop_all(running_hint=self.running_threads() if running is None else running)
 
     def resume_all(self) -> None:
         self.threads.resume_all()
@@ -189,8 +194,8 @@ class Process:
             pointers.append(ptrs)
             ranges.append((sp, (end - sp) & ~7))   # whole words: see Snapshot
         self._stacks, starts = self.mem.read_joined(ranges, self._stacks)
-        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges),
-                        [sp for sp, _ in ranges])
+        self._last_sps = [sp for sp, _ in ranges]
+        return Snapshot(tids, pointers, self._stacks, starts, sum(size for _, size in ranges), self._last_sps)
 
     def registers(self, tid: int):
         """The registers of a stopped thread (the architecture's NT_PRSTATUS struct), None if it is gone."""
@@ -200,14 +205,12 @@ class Process:
             return None
 
     def stack_mappings(self) -> set[int]:
-        """Start addresses of the mappings that hold a stopped thread's stack pointer."""
-        index, out = MapIndex(self.maps()), set()
-        for tid in self.threads.stopped_tids(usable_only=False):
-            view = self.threads.view(tid)
-            m = index.find(view[1]) if view is not None else None
-            if m is not None:
-                out.add(m.start)
-        return out
+        """Start addresses of the mappings that held a thread's stack pointer at the last snapshot.
+
+        Read after the threads run again: a thread's stack mapping stays where it is.
+        """
+        index = MapIndex(self.maps())
+        return {m.start for m in map(index.find, self._last_sps) if m is not None}
 
     # -- system calls made in the process ---------------------------------
     def remote(self) -> RemoteSyscalls:

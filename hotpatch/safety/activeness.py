@@ -254,22 +254,23 @@ def find_suspects(snapshot: Snapshot, ranges: RangeSet) -> list[Suspect]:
     """Every thread with a candidate pointer.
 
     The C-speed scan of find_busy, keeping every hit: a thread with none is
-    safe without unwinding.
+    safe without unwinding. No per-thread Python work when nothing is found.
     """
     by_thread: dict[int, dict] = {}
-    for i, ptrs in enumerate(snapshot.pointers):
-        for j, value in enumerate(ptrs):
-            r = ranges.find(value & ADDRESS_BITS)
-            if r is None:
-                continue
-            how = "is executing" if j == 0 else "will return into"
-            entry = by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
-            entry["executing" if j == 0 else "lr"] = BusyThread(snapshot.tids[i], r.label, how,
-                                                                value & ADDRESS_BITS)
+
+    def entry(i: int) -> dict:
+        return by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
+
+    per_thread = len(snapshot.pointers[0]) if snapshot.pointers else 0
+    words = array.array("Q", itertools.chain.from_iterable(snapshot.pointers)).tobytes()
+    for offset, r in ranges.all_words(words):
+        i, j = divmod(offset // 8, per_thread)
+        value = int.from_bytes(words[offset:offset + 8], "little") & ADDRESS_BITS
+        entry(i)["executing" if j == 0 else "lr"] = BusyThread(
+            snapshot.tids[i], r.label, "is executing" if j == 0 else "will return into", value)
     starts = snapshot.starts
     for offset, r in ranges.all_words(snapshot.stacks, snapshot.size):
         i = bisect.bisect_right(starts, offset) - 1
-        entry = by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
-        entry["words"].append((snapshot.bases[i] + offset - starts[i], r))
+        entry(i)["words"].append((snapshot.bases[i] + offset - starts[i], r))
     return [Suspect(i, snapshot.tids[i], e["executing"], e["lr"], tuple(e["words"]))
             for i, e in sorted(by_thread.items())]
