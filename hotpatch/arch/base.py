@@ -9,7 +9,7 @@ value chosen from an ELF header, so every architecture is testable anywhere.
 import abc
 import ctypes
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple
+from typing import Callable, ClassVar
 
 from hotpatch.arch.reloc import RelocType
 
@@ -23,16 +23,10 @@ class Branch:
     form: str  # "near", "page" (aarch64 adrp) or "far": which encoding reached
 
 
-class ThreadView(NamedTuple):
-    """What the activeness check needs of a stopped thread (a tuple: built per thread in the stop).
-
-    code_pointers: pc first, then registers that may hold a live return
-    address (aarch64 LR); stack_end: an upper bound of its frames, or 2**64
-    (the end of its stack mapping then bounds them).
-    """
-    code_pointers: tuple[int, ...]
-    sp: int
-    stack_end: int
+# What the activeness check needs of a stopped thread, a plain tuple (built for every thread in the
+# stop): (code pointers: pc first, then registers that may hold a live return address (aarch64 LR);
+# sp; an upper bound of its frames, or 2**64: the end of its stack mapping then bounds them).
+ThreadView = tuple[tuple[int, ...], int, int]
 
 
 class Arch(abc.ABC):

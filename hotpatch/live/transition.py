@@ -11,24 +11,27 @@ import gc
 import time
 
 from hotpatch.errors import ProcessBusy
-from hotpatch.live.unwinding import Stacks
+from hotpatch.live.unwinding import WALK_BUDGET, Stacks, Survey
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import MapIndex
 from hotpatch.safety.activeness import BusyThread, RangeSet, find_busy
 from hotpatch.steps import Steps
 
 FIRST_DELAY, MAX_DELAY = 0.001, 0.05
+NO_LIMIT = 1 << 30
 CATCH_AFTER = 3   # checks finding the same thread in the same frames before it is caught as it leaves
 
 
-def check(proc: Process, maps: MapIndex, ranges: RangeSet, stacks: Stacks | None) -> BusyThread | None:
+def check(proc: Process, maps: MapIndex, ranges: RangeSet, stacks: Stacks | None,
+          budget: int = WALK_BUDGET) -> BusyThread | Survey | None:
     """With every thread stopped: the first thread inside `ranges`, or None when all are safe.
 
-    With `stacks`, by real frames (candidates of the word scan unwound);
-    without, by the word scan alone (conservative: a stale word is busy).
+    With `stacks`, by real frames (candidates of the word scan unwound; a
+    Survey when too many need unwinding inside one stop); without, by the
+    word scan alone (conservative: a stale word is busy).
     """
     snapshot = proc.snapshot(maps)
-    return stacks.find_busy(snapshot, ranges) if stacks is not None else find_busy(snapshot, ranges)
+    return stacks.find_busy(snapshot, ranges, budget) if stacks is not None else find_busy(snapshot, ranges)
 
 
 def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None = None) -> int:
@@ -58,10 +61,15 @@ def _stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Step
         steps.mark("stopping")
         proc.stop_all(running)
         steps.mark("stopped")
-        busy = check(proc, maps, ranges, stacks)
+        last_chance = time.monotonic() + delay >= deadline   # then every walk is done inside this stop
+        busy = check(proc, maps, ranges, stacks, NO_LIMIT if last_chance else WALK_BUDGET)
         steps.mark("checked")
         if busy is None:
             return attempts
+        if isinstance(busy, Survey):
+            proc.resume_all()
+            stacks.survey(busy.tids, maps, ranges)   # while the process runs; the next stop reuses it
+            continue
         same = same + 1 if (busy.tid, busy.catch_at) == last else 1
         last = (busy.tid, busy.catch_at)
         if time.monotonic() + delay >= deadline:

@@ -10,12 +10,14 @@ in a guarded range, or if its stack cannot be unwound reliably (the kernel
 livepatch rule): no CFI for a frame, a loop, a frame outside any mapping.
 """
 
+from dataclasses import dataclass
+
 from hotpatch.elf.cfi import CallFrameTable
 from hotpatch.errors import ELFFormatError
 from hotpatch.live.backtrace import Symbolizer
 from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process
-from hotpatch.process.maps import Mapping
+from hotpatch.process.maps import MapIndex, Mapping
 from hotpatch.process.modules import Module, module_file
 from hotpatch.safety.activeness import BusyThread, RangeSet, Snapshot, Suspect, find_suspects
 from hotpatch.safety.unwind import CodeMap, Walk, unwind
@@ -23,32 +25,93 @@ from hotpatch.safety.unwind import CodeMap, Walk, unwind
 UNRELIABLE = "an unreliable stack"
 
 
+WALK_BUDGET = 32   # threads unwound inside one stop; more are surveyed one by one while the process runs
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Too many threads to unwind inside the stop: these, one at a time, with the process running."""
+    tids: tuple[int, ...]
+
+
 class Stacks:
-    """What reading a process's real stacks needs, prepared while it runs: its code map and names."""
+    """What reading a process's real stacks needs, prepared while it runs: its code map and names.
+
+    A thread's walk depends only on its registers and its stack's bytes: a
+    verdict is kept with them, and reused in a later stop where both are the
+    same (a thread blocked in a system call meanwhile). When a stop would have
+    to unwind more than WALK_BUDGET threads afresh, it asks for a survey
+    instead: the process runs again while each of those threads is stopped
+    alone, unwound and resumed, so that the next stop only compares bytes.
+    """
 
     def __init__(self, proc: Process, maps: list[Mapping], modules: list[Module], applied: list[PatchRecord]):
         self.proc = proc
+        proc.keep_registers()
         self.code = code_map(proc, maps, modules, applied)
         self.symbolizer = Symbolizer(proc.pid, modules, maps, applied)
+        self._known: dict[int, tuple[bytes, bytes, BusyThread | None]] = {}
 
-    def find_busy(self, snapshot: Snapshot, ranges: RangeSet) -> BusyThread | None:
-        """With every thread stopped: the first thread truly inside `ranges` (or unwalkable), else None."""
+    def find_busy(self, snapshot: Snapshot, ranges: RangeSet, budget: int = WALK_BUDGET
+                  ) -> BusyThread | Survey | None:
+        """With every thread stopped: the first thread truly inside `ranges` (or unwalkable), else None,
+        or a Survey when more than `budget` threads would need a fresh walk."""
+        suspects, fresh = [], []
+        raw_registers, known_get, part = self.proc.raw_registers, self._known.get, snapshot.part
         for suspect in find_suspects(snapshot, ranges):
-            regs = self.proc.registers(suspect.tid)
-            if regs is None:
+            raw = raw_registers(suspect.tid)
+            if not raw:
                 continue   # exited meanwhile
-            verdict = suspect.executing or judge(suspect, self.walk(snapshot, suspect, regs), ranges)
+            if suspect.executing is not None:
+                return self._busy(snapshot, suspect, self.proc.registers(suspect.tid), suspect.executing, ranges)
+            known = known_get(suspect.tid)
+            if known is not None and known[0] == raw and part(suspect.position) == known[1]:
+                if known[2] is not None:
+                    return known[2]
+                continue
+            suspects.append((suspect, self.proc.arch.regs_type.from_buffer_copy(raw)))
+            fresh.append(suspect.tid)
+        if len(fresh) > budget:
+            return Survey(tuple(fresh))
+        for suspect, regs in suspects:
+            verdict = self._judge(snapshot, suspect, regs, ranges)
             if verdict is not None:
-                # The evidence: the whole chain, not only as far as the candidates (one thread, once).
-                whole = self.walk(snapshot, suspect, regs, bounded=False)
-                return BusyThread(verdict.tid, verdict.label, verdict.how, verdict.address,
-                                  tuple(f.pc for f in whole.frames), return_point(whole, ranges))
+                return verdict
         return None
+
+    def survey(self, tids: tuple[int, ...], maps: MapIndex, ranges: RangeSet) -> None:
+        """Unwind each thread alone (the others run) and keep its verdict with its registers and stack."""
+        for tid in tids:
+            if not self.proc.stop_thread(tid):
+                continue
+            try:
+                snapshot = self.proc.snapshot(maps, only=tid)
+                index = snapshot.tids.index(tid) if tid in snapshot.tids else None
+                regs = self.proc.registers(tid)
+                if index is None or regs is None:
+                    continue
+                suspect = next((s for s in find_suspects(snapshot, ranges) if s.tid == tid), None)
+                verdict = None
+                if suspect is not None:
+                    verdict = suspect.executing or self._judge(snapshot, suspect, regs, ranges)
+                self._known[tid] = (bytes(regs), bytes(snapshot.part(index)), verdict)
+            finally:
+                self.proc.resume_thread(tid)
+
+    def _judge(self, snapshot: Snapshot, suspect: Suspect, regs, ranges: RangeSet) -> BusyThread | None:
+        verdict = judge(suspect, self.walk(snapshot, suspect, regs), ranges)
+        return self._busy(snapshot, suspect, regs, verdict, ranges) if verdict is not None else None
+
+    def _busy(self, snapshot: Snapshot, suspect: Suspect, regs, verdict: BusyThread, ranges: RangeSet) -> BusyThread:
+        # The evidence: the whole chain, not only as far as the candidates (one thread, once).
+        whole = self.walk(snapshot, suspect, regs, bounded=False)
+        return BusyThread(verdict.tid, verdict.label, verdict.how, verdict.address,
+                          tuple(f.pc for f in whole.frames), return_point(whole, ranges))
 
     def walk(self, snapshot: Snapshot, suspect: Suspect, regs, bounded: bool = True) -> Walk:
         """The suspect's frames, up to its highest candidate word (aarch64's LR counts at sp) when bounded."""
-        bound = max(suspect.highest, snapshot.bases[suspect.index]) + 8 if bounded else None
-        return unwind(self.proc.arch, regs, snapshot.reader(suspect.index), self.code.find_rule, stop_above=bound)
+        bound = max(suspect.highest, snapshot.bases[suspect.position]) + 8 if bounded else None
+        return unwind(self.proc.arch, regs, snapshot.reader(suspect.position), self.code.find_rule, stop_above=bound)
 
     def backtrace(self, busy: BusyThread) -> list[str]:
         return self.symbolizer.backtrace(list(busy.frames))

@@ -16,7 +16,7 @@ from hotpatch.process.maps import MapIndex, Mapping, read_maps
 from hotpatch.process.memory import Memory
 from hotpatch.process.remote import RemoteSyscalls, find_syscall_gadget
 from hotpatch.process.seccomp import fetch_filters
-from hotpatch.process.threads import ThreadGroup, running_threads, thread_name
+from hotpatch.process.threads import STOPPED, ThreadGroup, running_threads, thread_name
 from hotpatch.safety.activeness import Snapshot
 
 MAX_STACK_SCAN = 16 << 20
@@ -170,7 +170,7 @@ class Process:
         if len(self._stacks) < want:
             self._stacks = bytearray(want)   # zero-filled: every page touched now
 
-    def snapshot(self, maps: MapIndex) -> Snapshot:
+    def snapshot(self, maps: MapIndex, only: int | None = None) -> Snapshot:
         """Code pointers and live stack of every (stopped) thread.
 
         Registers were read as each thread's stop arrived (overlapping the
@@ -180,8 +180,11 @@ class Process:
         """
         tids, pointers, ranges = [], [], []
         view, find = self.threads.view, maps.find
-        for tid in self.threads.stopped_tids(usable_only=False):
-            got = view(tid)
+        threads = self.threads.tracees.values() if only is None else [self.threads.tracees[only]]
+        for t in threads:
+            if t.state != STOPPED:
+                continue
+            tid, got = t.tid, t.view or view(t.tid)   # read as its stop arrived, else now
             if got is None:
                 continue
             ptrs, sp, frames_end = got
@@ -199,10 +202,22 @@ class Process:
 
     def registers(self, tid: int):
         """The registers of a stopped thread (the architecture's NT_PRSTATUS struct), None if it is gone."""
+        raw = self.raw_registers(tid)
+        return self.arch.regs_type.from_buffer_copy(raw) if raw else None
+
+    def raw_registers(self, tid: int) -> bytes:
+        """The same as bytes: kept from its stop when keep_registers() was asked, else read now; b"" if gone."""
+        t = self.threads.tracees.get(tid)
+        if t is not None and t.raw_regs and t.view is not None:
+            return t.raw_regs
         try:
-            return P.get_regs(tid, self.arch.regs_type)
+            return bytes(P.get_regs(tid, self.arch.regs_type))
         except P.ThreadGone:
-            return None
+            return b""
+
+    def keep_registers(self) -> None:
+        """From now on each thread's registers are kept as its stop arrives (the stacks check compares them)."""
+        self.threads.keep_registers = True
 
     def stack_mappings(self) -> set[int]:
         """Start addresses of the mappings that held a thread's stack pointer at the last snapshot.

@@ -37,6 +37,7 @@ class Tracee:
     stepping: bool = False      # events go to `events`, for single_step()
     events: list[int] = field(default_factory=list)
     view: Any = None            # thread_view(registers) read as its held stop arrived; None while running
+    raw_regs: bytes = b""       # and the registers themselves, when keep_registers is set
     watch: int | None = None    # an armed execution breakpoint's address (catch())
     caught: bool = False        # it fired: held at `watch`, its SIGTRAP not delivered
 
@@ -99,6 +100,7 @@ class ThreadGroup:
         self.hold_new = False
         self.gone = False
         self._regs = P.RegsReader(regs_type) if regs_type is not None else None
+        self.keep_registers = False   # keep each held thread's registers as bytes too (precise stacks)
         self._thread_view = thread_view
         self.running_hint: set[int] = set()
         self.partial = False   # some threads already detached: do not look for new ones
@@ -352,7 +354,10 @@ class ThreadGroup:
         if self._regs is None or self._thread_view is None:
             return
         try:
-            t.view = self._thread_view(self._regs.read(t.tid))
+            regs = self._regs.read(t.tid)
+            t.view = self._thread_view(regs)
+            if self.keep_registers:
+                t.raw_regs = bytes(regs)
         except ThreadGone:
             self._drop(t.tid)
 

@@ -13,6 +13,7 @@ import bisect
 import itertools
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Return addresses saved by PAC-signed code (aarch64 -mbranch-protection) carry
 # the signature in their top bits: compare the low 48 bits only. Conservative
@@ -55,6 +56,11 @@ class Snapshot:
             pos += len(stack)
         return cls([t[0] for t in threads], [t[1] for t in threads], b"".join(parts), starts, pos,
                    bases if bases is not None else [0] * len(threads))
+
+    def part(self, index: int) -> bytes | bytearray:
+        """Thread `index`'s captured stack bytes (a copy: slicing and comparing run at C speed)."""
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+        return self.stacks[self.starts[index]:end]
 
     def reader(self, index: int):
         """read_word(address) -> int | None over thread `index`'s captured stack."""
@@ -230,15 +236,15 @@ def find_busy(snapshot: Snapshot, ranges: RangeSet) -> BusyThread | None:
     return BusyThread(tid, r.label, "will return into", value)
 
 
-@dataclass(frozen=True)
-class Suspect:
+class Suspect(NamedTuple):
     """A thread holding code pointers into the guarded ranges: busy unless its real frames say otherwise.
 
     executing: its pc is inside a range (always busy); lr_hit: a register that
     may hold a live return address (aarch64 LR) is; words: (address in its
-    stack, range) of every stack word inside a range, lowest first.
+    stack, range) of every stack word inside a range, lowest first. A tuple:
+    a thousand of them may be made inside one stop.
     """
-    index: int
+    position: int   # the thread's place in the snapshot
     tid: int
     executing: BusyThread | None
     lr_hit: BusyThread | None
@@ -256,21 +262,23 @@ def find_suspects(snapshot: Snapshot, ranges: RangeSet) -> list[Suspect]:
     The C-speed scan of find_busy, keeping every hit: a thread with none is
     safe without unwinding. No per-thread Python work when nothing is found.
     """
-    by_thread: dict[int, dict] = {}
-
-    def entry(i: int) -> dict:
-        return by_thread.setdefault(i, {"executing": None, "lr": None, "words": []})
-
+    executing: dict[int, BusyThread] = {}
+    lr: dict[int, BusyThread] = {}
+    words: dict[int, list[tuple[int, GuardedRange]]] = {}
     per_thread = len(snapshot.pointers[0]) if snapshot.pointers else 0
-    words = array.array("Q", itertools.chain.from_iterable(snapshot.pointers)).tobytes()
-    for offset, r in ranges.all_words(words):
+    packed = array.array("Q", itertools.chain.from_iterable(snapshot.pointers)).tobytes()
+    tids = snapshot.tids
+    for offset, r in ranges.all_words(packed):
         i, j = divmod(offset // 8, per_thread)
-        value = int.from_bytes(words[offset:offset + 8], "little") & ADDRESS_BITS
-        entry(i)["executing" if j == 0 else "lr"] = BusyThread(
-            snapshot.tids[i], r.label, "is executing" if j == 0 else "will return into", value)
-    starts = snapshot.starts
+        value = int.from_bytes(packed[offset:offset + 8], "little") & ADDRESS_BITS
+        (executing if j == 0 else lr)[i] = BusyThread(tids[i], r.label, "is executing" if j == 0
+                                                     else "will return into", value)
+    starts, bases, bisect_right = snapshot.starts, snapshot.bases, bisect.bisect_right
     for offset, r in ranges.all_words(snapshot.stacks, snapshot.size):
-        i = bisect.bisect_right(starts, offset) - 1
-        entry(i)["words"].append((snapshot.bases[i] + offset - starts[i], r))
-    return [Suspect(i, snapshot.tids[i], e["executing"], e["lr"], tuple(e["words"]))
-            for i, e in sorted(by_thread.items())]
+        i = bisect_right(starts, offset) - 1
+        found = words.get(i)
+        if found is None:
+            found = words[i] = []
+        found.append((bases[i] + offset - starts[i], r))
+    return [Suspect(i, tids[i], executing.get(i), lr.get(i), tuple(words.get(i, ())))
+            for i in sorted(executing.keys() | lr.keys() | words.keys())]

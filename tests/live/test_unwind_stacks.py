@@ -94,7 +94,7 @@ def capture(pid: int):
             sp = arch.sp(regs)
             # the stack as the activeness snapshot reads it: up to the end of its mapping, or below the
             # thread pointer where that bounds the frames (x86-64's TCB at the top of a thread's stack)
-            end = min(index.find(sp).end, sp + MAX_STACK_SCAN, arch.thread_view(regs).stack_end)
+            end = min(index.find(sp).end, sp + MAX_STACK_SCAN, arch.thread_view(regs)[2])
             stack = proc.mem.read_available(sp, end - sp)
             walks[tid] = unwind(arch, regs, stack_reader(stack, sp), code.find_rule)
         proc.resume_all()

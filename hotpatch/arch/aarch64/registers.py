@@ -40,4 +40,4 @@ def sp(regs) -> int:
 
 def thread_view(regs) -> ThreadView:
     """pc, and LR: the return address of a leaf function lives only there, maybe PAC-signed."""
-    return ThreadView((regs.pc, strip_pac(regs.regs[LR])), regs.sp, 1 << 64)
+    return (regs.pc, strip_pac(regs.regs[LR])), regs.sp, 1 << 64

@@ -32,4 +32,4 @@ def thread_view(regs) -> ThreadView:
     are stopped, so no helper calls.
     """
     sp_, fs_base = regs.rsp, regs.fs_base
-    return ThreadView((regs.rip,), sp_, fs_base if fs_base > sp_ else 1 << 64)
+    return (regs.rip,), sp_, fs_base if fs_base > sp_ else 1 << 64
