@@ -14,10 +14,10 @@ FIX = Patch("patch_exceptions.cpp", CXX)
 def test_fault_after_registration_is_undone(build, spawn):
     t = spawn(build(CXX))
     assert t.ask("threads") == "started"
-    before = t.maps()
     r = hotpatch(str(t.pid), build(FIX), env={"HOTPATCH_FAULT": "apply:registered"})
     assert r.returncode == 1 and "fault injected at apply:registered" in r.stderr, r.stderr
-    assert t.maps() == before                           # unmapped after deregistration
+    # Unmapped after deregistration (the throwing threads change the rest of the maps themselves).
+    assert "hotpatch" not in t.maps()
     assert (t.ask("check -1"), t.ask("pass -1"), t.ask("pass 3")) == ("caught negative", "caught negative",
                                                                       "ok 7")
     r = hotpatch(str(t.pid), build(FIX))                 # and it can be applied for real afterwards
