@@ -48,17 +48,29 @@ class Stacks:
     def __init__(self, proc: Process, maps: list[Mapping], modules: list[Module], applied: list[PatchRecord]):
         self.proc = proc
         proc.keep_registers()
-        self.code = code_map(proc, maps, modules, applied)
+        self._sources = (maps, modules, applied)
+        self._code: CodeMap | None = None
         self.symbolizer = Symbolizer(proc.pid, modules, maps, applied)
         self._known: dict[int, tuple[bytes, bytes, BusyThread | None]] = {}
+
+    @property
+    def code(self) -> CodeMap:
+        """The code map, read on first need: a check that finds no candidate never needs it."""
+        if self._code is None:
+            self._code = code_map(self.proc, *self._sources)
+        return self._code
 
     def find_busy(self, snapshot: Snapshot, ranges: RangeSet, budget: int = WALK_BUDGET
                   ) -> BusyThread | Survey | None:
         """With every thread stopped: the first thread truly inside `ranges` (or unwalkable), else None,
-        or a Survey when more than `budget` threads would need a fresh walk."""
+        or a Survey when more than `budget` threads would need a fresh walk, or when the call frame
+        tables are still to be read (never inside a stop, unless the budget is unlimited)."""
+        found = find_suspects(snapshot, ranges)
+        if found and self._code is None and budget <= WALK_BUDGET:
+            return Survey(tuple(s.tid for s in found if s.executing is None))
         suspects, fresh = [], []
         raw_registers, known_get, part = self.proc.raw_registers, self._known.get, snapshot.part
-        for suspect in find_suspects(snapshot, ranges):
+        for suspect in found:
             raw = raw_registers(suspect.tid)
             if not raw:
                 continue   # exited meanwhile
@@ -81,6 +93,7 @@ class Stacks:
 
     def survey(self, tids: tuple[int, ...], maps: MapIndex, ranges: RangeSet) -> None:
         """Unwind each thread alone (the others run) and keep its verdict with its registers and stack."""
+        self.code   # read the tables now, while the process runs
         for tid in tids:
             if not self.proc.stop_thread(tid):
                 continue
