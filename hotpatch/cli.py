@@ -6,6 +6,7 @@ a documented exit code; a traceback is shown only with HOTPATCH_DEBUG=1.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -14,6 +15,25 @@ from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_US
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "demo")
+
+
+MAX_TIMEOUT = 24 * 3600.0
+
+
+def timeout_seconds(text: str) -> float:
+    """--timeout: a finite number of seconds, above 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT:g} seconds")
+    return value
+
+
+def printable(text: str) -> str:
+    """Names read from a process or a patch file, made safe for a terminal: no escapes, no line breaks."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,7 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("apply", help="apply a patch to a running process", epilog=EPILOG, formatter_class=fmt)
     a.add_argument("pid", type=int)
     a.add_argument("patch")
-    a.add_argument("--timeout", type=float, default=10.0,
+    a.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the functions to replace (default 10)")
     a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
     a.add_argument("--json", action="store_true")
@@ -56,14 +76,14 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("pid", type=int)
     r.add_argument("patch_id", type=int, nargs="?", help="the patch to revert (default: the newest)")
     r.add_argument("--all", action="store_true", help="revert every patch, newest first")
-    r.add_argument("--timeout", type=float, default=10.0,
+    r.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the patches' code (default 10)")
     r.add_argument("--json", action="store_true")
 
     g = sub.add_parser("gc", help="free the images of reverted patches once nothing points into them",
                        epilog=EPILOG, formatter_class=fmt)
     g.add_argument("pid", type=int)
-    g.add_argument("--timeout", type=float, default=10.0,
+    g.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the images (default 10)")
     g.add_argument("--json", action="store_true")
 
@@ -118,18 +138,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fail(code: int, kind: str, line: str, want_json: bool, details: dict | None = None) -> int:
-    if want_json:
-        print(json.dumps({"status": "error", "error": kind, "message": line, "exit_code": code, **(details or {})}))
-    else:
-        print(f"hotpatch: {line}", file=sys.stderr)
+    try:
+        if want_json:
+            print(json.dumps({"status": "error", "error": kind, "message": line, "exit_code": code,
+                              **(details or {})}), flush=True)
+        else:
+            print(f"hotpatch: {line}", file=sys.stderr, flush=True)
+    except OSError:   # nowhere to say it: the exit code still does
+        quiet_stdout()
     return code
 
 
 def emit(args, obj, text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(obj))
-    else:
-        print(text)
+    """The result, once it has happened: a closed or full output cannot undo it, so it is no failure."""
+    out = json.dumps(obj) if getattr(args, "json", False) else text
+    try:
+        print(out, flush=True)
+    except OSError:   # EPIPE (`| head`), ENOSPC (/dev/full)
+        quiet_stdout()
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush at exit must not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def run(args) -> int:
@@ -144,8 +180,8 @@ def run(args) -> int:
         if args.all and args.patch_id is not None:
             raise UsageError("give a PATCH_ID or --all, not both")
         report = revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
-        emit(args, report, f"reverted patch {', '.join(map(str, report['reverted']))} "
-             f"({', '.join(report['patches'])}) in process {report['pid']}")
+        emit(args, report, printable(f"reverted patch {', '.join(map(str, report['reverted']))} "
+                                     f"({', '.join(report['patches'])}) in process {report['pid']}"))
         warn_kept(report)
     elif args.command == "gc":
         from hotpatch.ops.gc import gc
@@ -156,8 +192,8 @@ def run(args) -> int:
     elif args.command == "list":
         from hotpatch.ops.listing import list_patches
         patches = list_patches(args.pid)
-        lines = [f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
-                 f"functions: {names([f['name'] for f in p['functions']])}" for p in patches]
+        lines = [printable(f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
+                           f"functions: {names([f['name'] for f in p['functions']])}") for p in patches]
         emit(args, {"status": "ok", "pid": args.pid, "patches": patches},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
     elif args.command == "build":

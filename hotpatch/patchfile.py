@@ -6,6 +6,8 @@ Every field is checked on read; any defect is an InvalidPatch before a target is
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -147,9 +149,22 @@ def decode(data: bytes, name: str = "patch") -> PatchFile:
 
 
 def read(path: str) -> PatchFile:
+    """A patch file: a regular file, opened without blocking (a FIFO or a device would hang or lie)."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise InvalidPatch(f"cannot read patch file {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidPatch(f"{path} is not a regular file",
+                               "give the path of a patch file built by `hotpatch build`")
+        if st.st_size > MAX_META + MAX_OBJ + 64:
+            raise InvalidPatch(f"{path} is {st.st_size} bytes: too large for a patch file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_META + MAX_OBJ + 64)
     except OSError as e:
         raise InvalidPatch(f"cannot read patch file {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
     return decode(data, path)

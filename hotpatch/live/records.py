@@ -24,6 +24,7 @@ FLAGS_OFFSET = 52
 FLAG_RETIRED = 1   # reverted, but kept mapped: something may still return into or call its code
 FLAG_FRAMES_REGISTERED = 2   # the process's unwinder knows the image's .eh_frame (see live/ehframe.py)
 JSON_OFFSET = 64
+MAX_RECORD = 1 << 20   # bytes of JSON a record may have: no read of more, whatever its header says
 _LEN = struct.Struct("<I")
 VMA_NAME_PREFIX = "[anon:hotpatch:"
 MAX_BYTES_HEX = 2 * 32
@@ -62,18 +63,13 @@ class PatchRecord:
 
     def header_bytes(self, size: int) -> bytes:
         body = json.dumps(_json_fields(self), sort_keys=True).encode()
-        name = self.vma_name().encode()
         out = bytearray(size)
-        out[:16] = MAGIC
-        out[NAME_OFFSET:NAME_OFFSET + len(name)] = name
+        out[:JSON_OFFSET] = record_header_prefix(self.id)
         _LEN.pack_into(out, LENGTH_OFFSET, len(body))
         if JSON_OFFSET + len(body) > size:
             raise HotpatchError(f"internal: a record of {len(body)} bytes does not fit its {size}-byte header")
         out[JSON_OFFSET:JSON_OFFSET + len(body)] = body
         return bytes(out)
-
-    def vma_name(self) -> str:
-        return f"hotpatch:{self.id}"
 
     @classmethod
     def from_header(cls, data: bytes) -> "PatchRecord | None":
@@ -81,16 +77,48 @@ class PatchRecord:
             return None
         (length,) = _LEN.unpack_from(data, LENGTH_OFFSET)
         (flags,) = _LEN.unpack_from(data, FLAGS_OFFSET)
+        if length > MAX_RECORD:
+            return None
         body = data[JSON_OFFSET:JSON_OFFSET + length]
         try:
             raw = json.loads(body)
             raw.pop("retired", None)
             raw.pop("frames_registered", None)
             raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
-            return cls(**raw, retired=bool(flags & FLAG_RETIRED),
-                       frames_registered=bool(flags & FLAG_FRAMES_REGISTERED))
-        except (ValueError, TypeError, KeyError):
-            return None
+            record = cls(**raw, retired=bool(flags & FLAG_RETIRED),
+                         frames_registered=bool(flags & FLAG_FRAMES_REGISTERED))
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+            return None   # the process's memory is not trusted: a malformed record is no record
+        return record if _well_formed(record) else None
+
+
+def record_header_prefix(record_id: int) -> bytes:
+    """The fixed part of a header (magic, name, zero length and flags) up to the JSON."""
+    out = bytearray(JSON_OFFSET)
+    out[:len(MAGIC)] = MAGIC
+    name = f"hotpatch:{record_id}".encode()[:NAME_SIZE - 1]
+    out[NAME_OFFSET:NAME_OFFSET + len(name)] = name
+    return bytes(out)
+
+
+def _well_formed(r: "PatchRecord") -> bool:
+    """Every field of the type and range it must have (what it says is checked where it is used)."""
+    def u64(*values) -> bool:
+        return all(type(v) is int and 0 <= v < 1 << 64 for v in values)
+
+    def text(*values) -> bool:
+        return all(type(v) is str and len(v) < 4096 for v in values)
+
+    def code_range(v) -> bool:
+        return isinstance(v, list) and len(v) == 2 and u64(*v) and v[0] <= v[1]
+
+    return (u64(r.id, r.bias, r.base, r.size, r.trap) and text(r.patch, r.patch_sha256, r.applied_at,
+                                                               r.hotpatch_version, r.build_id, r.module)
+            and code_range(r.code) and (r.eh_frame is None or code_range(r.eh_frame))
+            and (r.frame_object is None or u64(r.frame_object))
+            and isinstance(r.functions, list) and len(r.functions) < 100_000
+            and all(text(f.name, f.saved, f.written) and u64(f.entry, f.site, f.new, f.size)
+                    and len(f.saved) <= 2 * 64 and len(f.saved) == len(f.written) for f in r.functions))
 
 
 def _json_fields(record: "PatchRecord") -> dict:
@@ -147,6 +175,8 @@ def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
         if len(head) < JSON_OFFSET or head[:len(MAGIC)] != MAGIC:
             continue
         (length,) = _LEN.unpack_from(head, LENGTH_OFFSET)
+        if length > MAX_RECORD or JSON_OFFSET + length > m.end - m.start:
+            continue   # a header claiming more than its mapping holds is no record of ours
         record = PatchRecord.from_header(mem.read_available(m.start, JSON_OFFSET + length))
         if record is not None and record.base == m.start:
             records.append(record)

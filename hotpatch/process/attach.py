@@ -31,6 +31,22 @@ def check_pid(pid: int) -> None:
         raise ProcessGone(f"{pid} is a thread, not a process", f"use its process id {P.status_field(pid, 'Tgid')}")
     if pid == os.getpid():
         raise TraceError("hotpatch cannot patch itself")
+    state = P.status_field(pid, "State") or ""
+    if state.startswith("Z"):
+        alive = [t for t in _tasks(pid) if not (P.status_field(t, "State") or "Z").startswith(("Z", "X"))]
+        if alive:
+            raise TraceError(f"the main thread of process {pid} has exited (its other threads run on)",
+                             "hotpatch cannot patch such a process; restart it to apply the fix")
+        raise ProcessGone(f"process {pid} is a zombie: it has exited and waits for its parent")
+    if P.status_field(pid, "VmSize") is None:
+        raise TraceError(f"{pid} is a kernel thread, not a user process", "give the process id of a program")
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
 
 
 def check_seccomp_strict(pid: int) -> None:
