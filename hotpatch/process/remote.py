@@ -100,11 +100,7 @@ class RemoteSyscalls:
             except ThreadGone as e:
                 raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
             finally:
-                if tid in threads.tracees:
-                    try:
-                        P.set_regs(tid, saved)
-                    except ThreadGone:
-                        pass
+                self._restore(tid, saved)
         self.count += 1
         return result
 
@@ -154,11 +150,15 @@ class RemoteSyscalls:
             except ThreadGone as e:
                 raise ProcessGone(f"thread {tid} exited during a call in the process") from e
             finally:
-                if tid in threads.tracees:
-                    try:
-                        P.set_regs(tid, saved)
-                    except ThreadGone:
-                        pass
+                self._restore(tid, saved)
+
+    def _restore(self, tid: int, saved) -> None:
+        """The thread's own registers back, on every path (a thread that exited needs none)."""
+        if tid in self.threads.tracees:
+            try:
+                P.set_regs(tid, saved)
+            except ThreadGone:
+                pass
 
     def checked(self, tid: int, name: str, *args: int) -> int:
         result = self.call(tid, name, *args)
