@@ -12,6 +12,7 @@ from hotpatch.arch.base import Arch
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import ELFFormatError, ProcessGone, TraceError
 from hotpatch.process import ptrace as P
+from hotpatch.process.cgroup import freezer_state
 from hotpatch.process.maps import MapIndex, Mapping, read_maps
 from hotpatch.process.memory import Memory
 from hotpatch.process.remote import RemoteSyscalls, find_syscall_gadget
@@ -40,6 +41,11 @@ def check_pid(pid: int) -> None:
         raise ProcessGone(f"process {pid} is a zombie: it has exited and waits for its parent")
     if P.status_field(pid, "VmSize") is None:
         raise TraceError(f"{pid} is a kernel thread, not a user process", "give the process id of a program")
+    frozen = freezer_state(pid)
+    if frozen is not None:
+        directory, how = frozen
+        raise TraceError(f"process {pid} is {how} by the cgroup v2 freezer ({directory}); nothing was done",
+                         f"thaw it (echo 0 > {directory}/cgroup.freeze) and retry")
 
 
 def _tasks(pid: int) -> list[int]:

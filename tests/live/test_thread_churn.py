@@ -28,8 +28,8 @@ def test_churning_threads(build, spawn):
         try:
             with open(f"/proc/{t.pid}/task/{tid}/status") as f:
                 status = f.read()
-        except FileNotFoundError:
-            continue   # ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):
+            continue   # ended meanwhile (between the listing and the read: ENOENT or ESRCH)
         assert "TracerPid:\t0" in status
         assert "State:\tt" not in status
         checked += 1

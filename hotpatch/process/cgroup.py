@@ -1,0 +1,55 @@
+"""Is the process frozen by the cgroup v2 freezer? Asked before anything is done to it.
+
+A frozen task does not stop for ptrace, nor run a single step: every wait
+would time out, and a thread resumed to run an injected system call would run
+it when thawed, with registers hotpatch could not restore meanwhile. So a
+frozen process (or one being frozen) is refused before it is touched.
+"""
+
+import os
+
+CGROUP2 = "cgroup2"
+
+
+def cgroup2_mount() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted in hotpatch's own namespace (/sys/fs/cgroup or .../unified)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == CGROUP2:
+                    return parts[1]
+    except OSError:
+        return None
+    return None
+
+
+def v2_path(pid: int) -> str | None:
+    """The process's cgroup v2 path ("0::/path" in /proc/PID/cgroup)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        return None
+    return None
+
+
+def freezer_state(pid: int) -> tuple[str, str] | None:
+    """(the cgroup's directory, "frozen" or "freezing") when the process is frozen or being frozen, else None."""
+    mount, path = cgroup2_mount(), v2_path(pid)
+    if mount is None or path is None:
+        return None
+    directory = os.path.join(mount, path.lstrip("/"))
+    try:
+        with open(os.path.join(directory, "cgroup.events")) as f:
+            events = dict(line.split(None, 1) for line in f if " " in line)
+        if events.get("frozen", "0").strip() == "1":
+            return directory, "frozen"
+        with open(os.path.join(directory, "cgroup.freeze")) as f:
+            if f.read().strip() == "1":
+                return directory, "freezing"
+    except (OSError, ValueError):
+        return None   # the root cgroup has no cgroup.freeze; an unreadable one tells nothing
+    return None
