@@ -186,3 +186,50 @@ def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
 def is_active(record: PatchRecord, mem: Memory) -> bool:
     """Every site still holds the jump this record wrote."""
     return all(mem.read_available(f.site, len(f.written) // 2).hex() == f.written for f in record.functions)
+
+
+def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | None:
+    """Why a record read from the process cannot be acted on, or None.
+
+    The process's memory is not trusted: a record is only what hotpatch itself
+    would have written. Its image must be anonymous memory it spans exactly
+    (at most the largest image hotpatch makes); each site must lie in the
+    executable code of the module with the record's build-id, and the bytes
+    written there must be a landing pad kept as it was plus exactly the jump
+    hotpatch makes from that site to a function inside the record's own code.
+    """
+    from hotpatch.link.linker import MAX_IMAGE_SIZE
+    if not 0 < record.size <= MAX_IMAGE_SIZE or record.base % 4096 or record.size % 4096:
+        return f"an image of {record.size} bytes at {record.base:#x}"
+    end = record.base + record.size
+    covered = record.base
+    for m in sorted((m for m in maps if m.start < end and m.end > record.base), key=lambda m: m.start):
+        if m.start != covered or not m.anonymous:
+            return f"its image [{record.base:#x}, {end:#x}) is not one anonymous mapping of its own"
+        covered = m.end
+    if covered < end:
+        return f"its image [{record.base:#x}, {end:#x}) is not mapped whole"
+    if not record.base <= record.code[0] <= record.code[1] <= end:
+        return "its code lies outside its image"
+    module = next((mod for mod in modules if mod.image.build_id == record.build_id), None)
+    for f in record.functions:
+        try:
+            written = bytes.fromhex(f.written)
+            bytes.fromhex(f.saved)
+        except ValueError:
+            return f"{f.name}: bytes that are not hex"
+        pad = arch.landing_pad(written)   # kept (endbr64, bti c) or made bti c (paciasp), then the jump
+        if f.site != f.entry or pad >= len(written):
+            return f"{f.name}: a site {f.site:#x} that is not the function's entry {f.entry:#x}"
+        if module is None or not any(m.start <= f.entry and f.site + len(written) <= m.end and m.executable
+                                     and m.path == module.path for m in maps):
+            return f"{f.name}: a site {f.site:#x} outside the code of the module with build-id {record.build_id[:16]}"
+        if not record.code[0] <= f.new < record.code[1]:
+            return f"{f.name}: a replacement at {f.new:#x} outside the record's own code"
+        try:
+            expected = arch.branch(f.site + pad, f.new, len(written) - pad).code
+        except HotpatchError:
+            return f"{f.name}: no jump of {len(written) - pad} bytes reaches {f.new:#x}"
+        if written[pad:] != expected:
+            return f"{f.name}: the bytes it says it wrote are not hotpatch's jump to {f.new:#x}"
+    return None

@@ -21,10 +21,12 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
         sandbox.check_process(proc)
         maps = proc.maps()
         found = records.find_records(maps, proc.mem)
-        retired = [r for r in found if r.retired]
+        modules = loaded_modules(pid, maps, proc.mem).modules
+        # An unverifiable record is never acted on: its image is not freed on its word.
+        retired = [r for r in found if r.retired and records.verify(r, proc.arch, maps, modules) is None]
         if not retired:
             return {"status": "clean", "pid": pid, "freed": [], "retired": [], "unfreed": []}
-        stacks = Stacks(proc, maps, loaded_modules(pid, maps, proc.mem).modules, found)
+        stacks = Stacks(proc, maps, modules, found)
         attempts = transition.stop_when_safe(proc, code_ranges(retired), timeout, steps, stacks)
         proc.detach_all(keep=proc.syscall_thread())
         thread_stacks = proc.stack_mappings()

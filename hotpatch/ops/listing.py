@@ -1,20 +1,29 @@
 """list: the patches applied to a process, read from the process itself (no thread is stopped)."""
 
 from hotpatch.live import records
-from hotpatch.process.attach import check_pid
+from hotpatch.process.attach import check_pid, process_arch
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
+from hotpatch.process.modules import loaded_modules
 
 
 def list_patches(pid: int) -> list[dict]:
     check_pid(pid)
+    arch = process_arch(pid)
     mem = Memory(pid, writable=False)
     try:
-        found = records.find_records(read_maps(pid), mem)
-        return [{"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
-                 "status": "retired" if r.retired else "active" if records.is_active(r, mem) else "inactive",
-                 "image": {"base": hex(r.base), "size": r.size},
-                 "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
-                               for f in r.functions]} for r in found]
+        maps = read_maps(pid)
+        modules = loaded_modules(pid, maps, mem).modules
+        out = []
+        for r in records.find_records(maps, mem):
+            reason = records.verify(r, arch, maps, modules)
+            status = ("unverifiable" if reason else "retired" if r.retired else
+                      "active" if records.is_active(r, mem) else "inactive")
+            out.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
+                        "status": status, **({"unverifiable": reason} if reason else {}),
+                        "image": {"base": hex(r.base), "size": r.size},
+                        "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
+                                      for f in r.functions]})
+        return out
     finally:
         mem.close()

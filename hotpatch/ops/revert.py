@@ -91,7 +91,13 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     found = records.find_records(maps, proc.mem)
     applied = [r for r in found if not r.retired]
     chosen = choose(proc.pid, applied, patch_id, revert_all)
-    stacks = Stacks(proc, maps, loaded_modules(proc.pid, maps, proc.mem).modules, found)
+    modules = loaded_modules(proc.pid, maps, proc.mem).modules
+    for r in chosen:
+        reason = records.verify(r, proc.arch, maps, modules)
+        if reason is not None:
+            raise PatchMismatch(f"the record of patch {r.id} fails verification ({reason}); nothing was done",
+                                "it was not written by hotpatch, or the process changed it: inspect the process")
+    stacks = Stacks(proc, maps, modules, found)
 
     attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
     restore(chosen, proc.mem, steps)
