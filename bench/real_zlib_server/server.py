@@ -1,4 +1,7 @@
-import http.server, zlib, sys
+import http.server
+import zlib
+
+
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = f"{zlib.crc32(self.path.encode()):#x}\n".encode()
