@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import traceback
 
 from hotpatch import __version__
 from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError, UsageError
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return run(args)
     except HotpatchError as e:
+        if os.environ.get("HOTPATCH_DEBUG"):
+            traceback.print_exc()   # where a refusal came from, for a bug report
         return fail(e.exit_code, e.kind, e.line(), want_json, e.details)
     except KeyboardInterrupt:   # before the handlers are installed: nothing was changed yet
         return fail(EXIT_INTERRUPTED, "interrupted", "interrupted by SIGINT", want_json)

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Real software: CPython's ThreadingHTTPServer answering curl requests with zlib.crc32 from Debian's libz;
 # hotpatch replaces crc32 in libz.so.1 while requests flow. Prints, per trial, whether the server survived.
-# Found 2026-12-01: the server dies ("free(): double free detected in tcache 2") in some trials, with this
-# code and the previous (7 of 12); --dry-run (no remote system calls) never (0 of 10). Issue #11.
+# Found 2026-12-01: the server died ("free(): double free detected in tcache 2") in 5 of 6 trials: remote
+# system calls borrowed the main thread while it was held inside clone() (its PTRACE_EVENT_CLONE stop), and
+# restoring the registers saved there made clone() fail for a thread it had created. Since the fix: 0 of 10.
 #   bash bench/real_zlib_server/run.sh [TRIALS] [--dry-run]
 set -u
 cd "$(dirname "$0")"

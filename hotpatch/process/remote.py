@@ -61,6 +61,7 @@ class RemoteSyscalls:
     def _call(self, tid: int, name: str, *args: int) -> int:
         arch, threads = self.arch, self.threads
         try:
+            threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
             saved = P.get_regs(tid, arch.regs_type)
         except ThreadGone as e:
             raise ProcessGone(f"thread {tid} exited before a remote {name}") from e
@@ -118,6 +119,10 @@ class RemoteSyscalls:
 
     def _function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
         arch, threads = self.arch, self.threads
+        try:
+            threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
+        except ThreadGone as e:
+            raise ProcessGone(f"thread {tid} exited before a call in the process") from e
         saved = P.get_regs(tid, arch.regs_type)
         hijacked, sp, stack_bytes = arch.hijack_for_call(saved, address, args, trap)
         deadline = time.monotonic() + timeout

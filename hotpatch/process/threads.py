@@ -40,6 +40,7 @@ class Tracee:
     raw_regs: bytes = b""       # and the registers themselves, when keep_registers is set
     watch: int | None = None    # an armed execution breakpoint's address (catch())
     caught: bool = False        # it fired: held at `watch`, its SIGTRAP not delivered
+    in_clone: bool = False      # held in its clone event: inside clone(), whose result is not yet in its registers
 
 
 def list_tids(pid: int) -> list[int]:
@@ -255,6 +256,25 @@ class ThreadGroup:
                 if tid == keep:
                     self._on_event(tid, status)
 
+    def leave_clone(self, tid: int, deadline: float) -> None:
+        """Let a held thread stopped in its clone event finish the system call, and hold it again after.
+
+        At that stop the thread is still inside clone(): its registers show the
+        call in progress, and the child's id is written into them only when
+        it resumes. Registers saved there and restored later would make
+        clone() return an error to a caller whose thread was in fact created
+        (glibc then creates a second one on the same stack).
+        """
+        t = self.tracees[tid]
+        while t.in_clone:
+            P.interrupt(tid)   # the stop that follows is an interrupt, once clone() has returned
+            P.cont(tid)
+            self._set_state(t, RUNNING)
+            t.interrupted = True
+            self._pump_until(lambda: t.state == STOPPED or tid not in self.tracees, deadline, "stop")
+            if tid not in self.tracees:
+                raise ThreadGone(tid)
+
     def view(self, tid: int):
         """thread_view of a held, stopped thread (read now if its stop predates the reader)."""
         t = self.tracees.get(tid)
@@ -425,7 +445,7 @@ class ThreadGroup:
                     self._add(child)
             except ThreadGone:
                 pass
-            self._stopped(t)
+            self._stopped(t, in_clone=True)
         elif event:
             self._stopped(t)
         else:
@@ -484,8 +504,9 @@ class ThreadGroup:
             return False   # the deadline: not an error here
         return t.caught
 
-    def _stopped(self, t: Tracee) -> None:
+    def _stopped(self, t: Tracee, in_clone: bool = False) -> None:
         t.interrupted = False
+        t.in_clone = in_clone
         self._set_state(t, STOPPED)
         if not t.hold:
             self._resume(t)
