@@ -12,7 +12,8 @@ import sys
 import traceback
 
 from hotpatch import __version__
-from hotpatch.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HotpatchError, UsageError
+from hotpatch.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_UNDO_FAILED, EXIT_USAGE, HotpatchError,
+                             UsageError)
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "demo")
@@ -112,9 +113,12 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
+MUTATING = ("apply", "revert", "gc")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
-    if argv and argv[0] in ("apply", "revert", "gc"):
+    if argv and argv[0] in MUTATING:
         # First of all: from here a termination request is a flag the
         # transaction honours at a safe point, never an exception anywhere.
         from hotpatch.steps import install_termination_handlers
@@ -122,9 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     want_json = "--json" in argv
     try:
         args = make_parser().parse_args(argv)
-        if args.command is None:
-            make_parser().print_help()
-            return EXIT_USAGE
+    except HotpatchError as e:
+        return fail(e.exit_code, e.kind, e.line(), want_json, e.details)
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "interrupted", "interrupted by SIGINT", want_json)
+    if args.command is None:
+        make_parser().print_help()
+        return EXIT_USAGE
+    if args.command not in MUTATING:
+        return guarded(args, want_json)
+    from hotpatch.executor import ExecutorKilled, run_detached
+    try:
+        return run_detached(lambda: guarded(args, want_json))
+    except ExecutorKilled as e:
+        return fail(EXIT_UNDO_FAILED, "executor-killed",
+                    f"{e}; the transaction may be incomplete: `hotpatch list {args.pid}` shows the process's "
+                    "state, and the next hotpatch run on it completes or undoes what was left", want_json)
+
+
+def guarded(args, want_json: bool) -> int:
+    """run(args): every failure one line and its exit code."""
+    try:
         return run(args)
     except HotpatchError as e:
         if os.environ.get("HOTPATCH_DEBUG"):
@@ -137,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail(EXIT_INTERNAL, "internal", f"internal error: {type(e).__name__}: {e} "
                     "(set HOTPATCH_DEBUG=1 for a traceback)", want_json)
-
 
 
 def fail(code: int, kind: str, line: str, want_json: bool, details: dict | None = None) -> int:

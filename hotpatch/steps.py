@@ -30,6 +30,11 @@ def install_termination_handlers() -> None:
         signal.signal(sig, _on_signal)
 
 
+def requested() -> int | None:
+    """The termination request received so far, if any."""
+    return _requested
+
+
 def check_interrupted() -> None:
     if _requested is not None:
         raise Interrupted(f"interrupted by {signal.Signals(_requested).name}")
@@ -43,16 +48,17 @@ class Steps:
         self.fault = os.environ.get("HOTPATCH_FAULT")
         self.pause = os.environ.get("HOTPATCH_PAUSE_AT")
 
-    def mark(self, name: str, abortable: bool = True) -> None:
-        """Record the time of a step; where abortable, honour hooks and termination requests."""
+    def mark(self, name: str, abortable: bool = True, hooks: bool | None = None) -> None:
+        """Record the time of a step; where abortable, honour termination requests; where hooks
+        (by default where abortable), the test hooks."""
         self.marks[name] = round((time.perf_counter() - self.start) * 1000, 3)
-        if not abortable:
-            return
-        step = f"{self.operation}:{name}"
-        if self.pause == step:
-            sys.stderr.write(f"hotpatch: paused at {step}\n")
-            sys.stderr.flush()
-            sys.stdin.readline()
-        if self.fault == step:
-            raise InjectedFault(f"fault injected at {step}")
-        check_interrupted()
+        if hooks if hooks is not None else abortable:
+            step = f"{self.operation}:{name}"
+            if self.pause == step:
+                sys.stderr.write(f"hotpatch: paused at {step}\n")
+                sys.stderr.flush()
+                sys.stdin.readline()
+            if self.fault == step:
+                raise InjectedFault(f"fault injected at {step}")
+        if abortable:
+            check_interrupted()

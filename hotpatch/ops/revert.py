@@ -142,7 +142,7 @@ def free_images(proc: Process, chosen: list[PatchRecord], thread_stacks: set[int
             retired.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": why})
             continue
         try:
-            steps.mark("unmapping")
+            steps.mark("unmapping", abortable=False, hooks=True)   # after the commit: a request waits
             proc.syscall("munmap", r.base, r.size)
             freed.append(r.id)
         except HotpatchError as e:
