@@ -7,7 +7,7 @@
 kills the process that traces the target (bench/README: the OOM killer, `pkill -9 -f hotpatch`).
 --exact kills at each step of apply and revert (HOTPATCH_PAUSE_AT) instead of at random moments.
 
-After each kill the next hotpatch run (`hotpatch list PID`) is made, as an operator would; then the
+After each kill the next hotpatch run (`hotpatch gc PID`) is made, as an operator would; then the
 target must be alive, fully patched or fully unpatched (every replaced function's bytes and its
 behaviour), with no image left behind and no thread left traced or stopped. Prints the tally;
 exit status 1 if any target was harmed.
@@ -79,6 +79,9 @@ def judge(t, entries, original) -> str:
     """After the next run: 'patched', 'unpatched', or the harm done."""
     if not t.alive():
         return f"TARGET DIED (status {t.proc.returncode})"
+    repaired = hotpatch("gc", str(t.pid))   # the next run: it repairs what the killed one left
+    if repaired.returncode != 0:
+        return f"the next run (gc) failed: {repaired.stderr.strip()}"
     listed = hotpatch("list", str(t.pid))
     if not t.alive():
         return f"TARGET DIED after list (status {t.proc.returncode})"

@@ -12,8 +12,15 @@ import sys
 import traceback
 
 from hotpatch import __version__
-from hotpatch.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_UNDO_FAILED, EXIT_USAGE, HotpatchError,
-                             UsageError)
+from hotpatch.errors import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_UNDO_FAILED,
+    EXIT_USAGE,
+    HotpatchError,
+    UsageError,
+)
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "demo")
@@ -197,6 +204,7 @@ def run(args) -> int:
         from hotpatch.ops.apply import apply
         report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
         emit(args, report, describe_apply(report))
+        warn_repaired(report)
         for w in report.get("warnings", []):
             sys.stderr.write(f"hotpatch: warning: {w}\n")
     elif args.command == "revert":
@@ -205,20 +213,25 @@ def run(args) -> int:
             raise UsageError("give a PATCH_ID or --all, not both")
         report = revert(args.pid, args.patch_id, args.all, timeout=args.timeout)
         emit(args, report, printable(f"reverted patch {', '.join(map(str, report['reverted']))} "
-                                     f"({', '.join(report['patches'])}) in process {report['pid']}"))
+                                     f"({', '.join(report['patches'])}) in process {report['pid']}")
+             if report["reverted"] else f"nothing left to revert in process {report['pid']}")
+        warn_repaired(report)
         warn_kept(report)
     elif args.command == "gc":
         from hotpatch.ops.gc import gc
         report = gc(args.pid, timeout=args.timeout)
+        warn_repaired(report)
         emit(args, report, f"freed {len(report['freed'])} image(s) in process {report['pid']}"
              + (f" (patch {', '.join(map(str, report['freed']))})" if report["freed"] else ""))
         warn_kept(report)
     elif args.command == "list":
-        from hotpatch.ops.listing import list_patches
-        patches = list_patches(args.pid)
+        from hotpatch.ops.listing import list_patches, list_pending
+        patches, pending = list_patches(args.pid), list_pending(args.pid)
         lines = [printable(f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
                            f"functions: {names([f['name'] for f in p['functions']])}") for p in patches]
-        emit(args, {"status": "ok", "pid": args.pid, "patches": patches},
+        lines += [f"  -  pending  image of {p['size']} bytes at {p['base']} mapped by an interrupted apply "
+                  "(the next apply, revert or gc unmaps it)" for p in pending]
+        emit(args, {"status": "ok", "pid": args.pid, "patches": patches, "pending": pending},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
     elif args.command == "build":
         from hotpatch.ops.build import build
@@ -250,6 +263,12 @@ def run(args) -> int:
         from hotpatch.demo import run_demo
         return run_demo()
     return 0
+
+
+def warn_repaired(report: dict) -> None:
+    """What an interrupted earlier run had left, repaired by this one first."""
+    for line in report.get("repaired", []):
+        sys.stderr.write(f"hotpatch: repaired: {line}\n")
 
 
 def warn_kept(report: dict) -> None:

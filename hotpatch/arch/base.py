@@ -38,6 +38,8 @@ class Arch(abc.ABC):
     syscall_insn: ClassVar[bytes]
     syscall_insn_align: ClassVar[int]
     syscall_numbers: ClassVar[dict[str, int]]
+    returning_syscall: ClassVar[bytes]        # a system call instruction and a return after it
+    park_insn: ClassVar[bytes | None]         # an instruction looping on itself; None: the return's own loop
     # linking
     relocations: ClassVar[dict[int, RelocType]]
     got_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a GOT slot
@@ -78,6 +80,16 @@ class Arch(abc.ABC):
 
     def after_syscall_insn(self, gadget: int) -> int:
         return gadget + len(self.syscall_insn)
+
+    @abc.abstractmethod
+    def hijack_parked(self, regs, gadget: int, park: int, nr: int, args: list[int], journal_size: int):
+        """(registers, address, bytes to write there): system call `nr` at `gadget` (a
+        returning_syscall) that returns into the loop at `park`, with the thread's stack pointer
+        there on a free area of `journal_size` bytes (the caller writes the journal into it)."""
+
+    @abc.abstractmethod
+    def parked_journal(self, regs) -> int:
+        """The journal's address in the registers of a thread parked that way."""
 
     # -- code -----------------------------------------------------------
     @abc.abstractmethod

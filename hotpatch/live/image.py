@@ -44,17 +44,27 @@ def candidates(proc: Process, maps: list[Mapping], module: Module, size: int) ->
     return out
 
 
-def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], name: bytes, name_vmas: bool) -> int:
+def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], record_id: int, name_vmas: bool) -> int:
     """mmap the image r-x at the first free candidate (else anywhere), then tighten its parts.
 
     MAP_FIXED_NOREPLACE never clobbers a mapping the running process created
-    meanwhile; on EEXIST the next hole is tried.
+    meanwhile; on EEXIST the next hole is tried. Each mapping is marked with a
+    pending header while the thread that made it is still parked (see
+    process/parking.py): a run killed at any instant leaves no image the next
+    run cannot find.
     """
     flags = MAP_PRIVATE | MAP_ANONYMOUS
+    header = records.pending_header(record_id, plan.size)
+
+    def mark(result: int) -> None:
+        if 0 <= result < 1 << 63:
+            proc.mem.write(result, header)
+
     base = None
     for addr in addresses[:MAX_PLACEMENT_TRIES]:
         try:
-            got = proc.syscall("mmap", addr, plan.size, PROT_READ | PROT_EXEC, flags | MAP_FIXED_NOREPLACE, NO_FD, 0)
+            got = proc.syscall("mmap", addr, plan.size, PROT_READ | PROT_EXEC, flags | MAP_FIXED_NOREPLACE, NO_FD, 0,
+                               mark=mark)
         except RemoteSyscallError as e:
             if e.errno == EEXIST:
                 continue
@@ -64,12 +74,11 @@ def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], name: bytes
             break
         proc.syscall("munmap", got, plan.size)   # pre-4.17 kernels treat the flag as a hint
     if base is None:
-        base = proc.syscall("mmap", 0, plan.size, PROT_READ | PROT_EXEC, flags, NO_FD, 0)
+        base = proc.syscall("mmap", 0, plan.size, PROT_READ | PROT_EXEC, flags, NO_FD, 0, mark=mark)
     try:
         for seg in plan.segments:
             if seg.prot != PROT_READ | PROT_EXEC:
                 proc.syscall("mprotect", base + seg.offset, seg.size, seg.prot)
-        proc.mem.write(base + records.NAME_OFFSET, name + b"\0")
         if name_vmas:
             try:
                 proc.syscall("prctl", PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, plan.size,

@@ -5,8 +5,10 @@ name given to the mapping, and a JSON record: which functions were switched,
 the bytes that were there before, the bytes written. `list` and `revert` read
 it back from any later hotpatch process, so nothing lives on the patcher's side.
 
-Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | u32 flags | pad | JSON at 64.
-The flags change after apply (a retired image); the JSON never does.
+Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | u32 flags | u64 | JSON at 64.
+The flags change after apply (a retired image, a transaction under way); the JSON never does. An image
+is marked as soon as it exists, before it is filled: a pending header (no
+JSON; the u64 is the image's size), so that no image is ever lost.
 """
 
 import json
@@ -23,6 +25,13 @@ LENGTH_OFFSET = 48
 FLAGS_OFFSET = 52
 FLAG_RETIRED = 1   # reverted, but kept mapped: something may still return into or call its code
 FLAG_FRAMES_REGISTERED = 2   # the process's unwinder knows the image's .eh_frame (see live/ehframe.py)
+FLAG_PENDING = 4   # mapped, not yet filled: no record yet (an apply killed here leaves it to the next run)
+# The journal of a transaction on the record: set before its first site is written, cleared once the
+# run is past its commit point. Sites found half written under one of these were cut short by a
+# killed run (the next run completes the rollback); without, someone else changed them.
+FLAG_COMMITTING = 8
+FLAG_REVERTING = 16
+PENDING_SIZE_OFFSET = 56   # u64: the size of a pending image
 JSON_OFFSET = 64
 MAX_RECORD = 1 << 20   # bytes of JSON a record may have: no read of more, whatever its header says
 _LEN = struct.Struct("<I")
@@ -60,12 +69,19 @@ class PatchRecord:
     frame_object: int | None = None     # libgcc's registration object in the image
     retired: bool = False               # from the header's flags, not the JSON
     frames_registered: bool = False     # likewise
+    committing: bool = False            # likewise
+    reverting: bool = False             # likewise
+
+    def flags(self) -> int:
+        return ((FLAG_RETIRED if self.retired else 0) | (FLAG_FRAMES_REGISTERED if self.frames_registered else 0)
+                | (FLAG_COMMITTING if self.committing else 0) | (FLAG_REVERTING if self.reverting else 0))
 
     def header_bytes(self, size: int) -> bytes:
         body = json.dumps(_json_fields(self), sort_keys=True).encode()
         out = bytearray(size)
         out[:JSON_OFFSET] = record_header_prefix(self.id)
         _LEN.pack_into(out, LENGTH_OFFSET, len(body))
+        _LEN.pack_into(out, FLAGS_OFFSET, self.flags())
         if JSON_OFFSET + len(body) > size:
             raise HotpatchError(f"internal: a record of {len(body)} bytes does not fit its {size}-byte header")
         out[JSON_OFFSET:JSON_OFFSET + len(body)] = body
@@ -82,11 +98,12 @@ class PatchRecord:
         body = data[JSON_OFFSET:JSON_OFFSET + length]
         try:
             raw = json.loads(body)
-            raw.pop("retired", None)
-            raw.pop("frames_registered", None)
+            for flag in ("retired", "frames_registered", "committing", "reverting"):
+                raw.pop(flag, None)
             raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
             record = cls(**raw, retired=bool(flags & FLAG_RETIRED),
-                         frames_registered=bool(flags & FLAG_FRAMES_REGISTERED))
+                         frames_registered=bool(flags & FLAG_FRAMES_REGISTERED),
+                         committing=bool(flags & FLAG_COMMITTING), reverting=bool(flags & FLAG_REVERTING))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
             return None   # the process's memory is not trusted: a malformed record is no record
         return record if _well_formed(record) else None
@@ -99,6 +116,46 @@ def record_header_prefix(record_id: int) -> bytes:
     name = f"hotpatch:{record_id}".encode()[:NAME_SIZE - 1]
     out[NAME_OFFSET:NAME_OFFSET + len(name)] = name
     return bytes(out)
+
+
+def pending_header(record_id: int, size: int) -> bytes:
+    """The header of an image mapped and not yet filled."""
+    out = bytearray(record_header_prefix(record_id))
+    _LEN.pack_into(out, FLAGS_OFFSET, FLAG_PENDING)
+    struct.pack_into("<Q", out, PENDING_SIZE_OFFSET, size)
+    return bytes(out)
+
+
+def find_pending(maps: list[Mapping], mem: Memory) -> list[tuple[int, int]]:
+    """(base, size) of every image whose apply ended before it was filled, its span checked."""
+    out = []
+    for m in maps:
+        if not (m.anonymous and m.perms.startswith("r") and m.offset == 0):
+            continue
+        head = mem.read_available(m.start, JSON_OFFSET)
+        if len(head) < JSON_OFFSET or head[:len(MAGIC)] != MAGIC:
+            continue
+        (length,) = _LEN.unpack_from(head, LENGTH_OFFSET)
+        (flags,) = _LEN.unpack_from(head, FLAGS_OFFSET)
+        (size,) = struct.unpack_from("<Q", head, PENDING_SIZE_OFFSET)
+        if length == 0 and flags == FLAG_PENDING and image_span_problem(m.start, size, maps) is None:
+            out.append((m.start, size))
+    return out
+
+
+def image_span_problem(base: int, size: int, maps: list[Mapping]) -> str | None:
+    """Why [base, base + size) is not an image's span (whole, page-aligned anonymous mappings of its own)."""
+    from hotpatch.link.linker import MAX_IMAGE_SIZE
+    if not 0 < size <= MAX_IMAGE_SIZE or base % 4096 or size % 4096:
+        return f"an image of {size} bytes at {base:#x}"
+    end, covered = base + size, base
+    for m in sorted((m for m in maps if m.start < end and m.end > base), key=lambda m: m.start):
+        if m.start != covered or not m.anonymous:
+            return f"its image [{base:#x}, {end:#x}) is not one anonymous mapping of its own"
+        covered = m.end
+    if covered < end:
+        return f"its image [{base:#x}, {end:#x}) is not mapped whole"
+    return None
 
 
 def _well_formed(r: "PatchRecord") -> bool:
@@ -123,20 +180,19 @@ def _well_formed(r: "PatchRecord") -> bool:
 
 def _json_fields(record: "PatchRecord") -> dict:
     raw = asdict(record)
-    raw.pop("retired")
-    raw.pop("frames_registered")
+    for flag in ("retired", "frames_registered", "committing", "reverting"):
+        raw.pop(flag)
     return raw
 
 
 def write_flags(record: PatchRecord, mem: Memory) -> None:
     """The header's flags from the record's (the page is r--: /proc/PID/mem writes it)."""
-    flags = (FLAG_RETIRED if record.retired else 0) | (FLAG_FRAMES_REGISTERED if record.frames_registered else 0)
-    mem.write(record.base + FLAGS_OFFSET, _LEN.pack(flags))
+    mem.write(record.base + FLAGS_OFFSET, _LEN.pack(record.flags()))
 
 
 def mark_retired(record: PatchRecord, mem: Memory) -> None:
     """Flag a reverted record whose image must stay mapped."""
-    record.retired = True
+    record.retired, record.reverting = True, False
     write_flags(record, mem)
 
 
@@ -185,7 +241,26 @@ def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
 
 def is_active(record: PatchRecord, mem: Memory) -> bool:
     """Every site still holds the jump this record wrote."""
-    return all(mem.read_available(f.site, len(f.written) // 2).hex() == f.written for f in record.functions)
+    return state(record, mem) == "active"
+
+
+def state(record: PatchRecord, mem: Memory) -> str:
+    """What its sites hold: "active" (every jump), "inactive" (every saved byte: never switched, or
+    switched back), "partial" (some of each: a run cut between two sites) or "superseded" (another's)."""
+    held = set()
+    for f in record.functions:
+        current = mem.read_available(f.site, len(f.written) // 2).hex()
+        held.add("written" if current == f.written else "saved" if current == f.saved else "other")
+    if held == {"written"}:
+        return "active"
+    if held <= {"saved"}:
+        return "inactive"
+    return "partial" if held == {"written", "saved"} else "superseded"
+
+
+def interrupted(record: PatchRecord) -> bool:
+    """A run was applying or reverting it when it ended (its journal flags)."""
+    return record.committing or record.reverting
 
 
 def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | None:
@@ -198,18 +273,10 @@ def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | Non
     written there must be a landing pad kept as it was plus exactly the jump
     hotpatch makes from that site to a function inside the record's own code.
     """
-    from hotpatch.link.linker import MAX_IMAGE_SIZE
-    if not 0 < record.size <= MAX_IMAGE_SIZE or record.base % 4096 or record.size % 4096:
-        return f"an image of {record.size} bytes at {record.base:#x}"
-    end = record.base + record.size
-    covered = record.base
-    for m in sorted((m for m in maps if m.start < end and m.end > record.base), key=lambda m: m.start):
-        if m.start != covered or not m.anonymous:
-            return f"its image [{record.base:#x}, {end:#x}) is not one anonymous mapping of its own"
-        covered = m.end
-    if covered < end:
-        return f"its image [{record.base:#x}, {end:#x}) is not mapped whole"
-    if not record.base <= record.code[0] <= record.code[1] <= end:
+    problem = image_span_problem(record.base, record.size, maps)
+    if problem is not None:
+        return problem
+    if not record.base <= record.code[0] <= record.code[1] <= record.base + record.size:
         return "its code lies outside its image"
     module = next((mod for mod in modules if mod.image.build_id == record.build_id), None)
     for f in record.functions:

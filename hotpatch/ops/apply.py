@@ -20,6 +20,7 @@ from hotpatch.link.linker import plan_layout
 from hotpatch.live import ehframe, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
 from hotpatch.live.unwinding import Stacks
+from hotpatch.ops.settle import settle
 from hotpatch.process.attach import Process, attach, check_pid
 from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
 from hotpatch.steps import Steps, check_interrupted
@@ -47,6 +48,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
            dry_run: bool, steps: Steps) -> dict:
     meta, arch = patch.meta, proc.arch
     policy = sandbox.check_process(proc)
+    repaired = [] if dry_run else settle(proc, timeout)
     maps = proc.maps()
     loaded = loaded_modules(proc.pid, maps, proc.mem)
     module = find_module(proc.pid, loaded, meta)
@@ -78,7 +80,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
 
     record_id = max((r.id for r in records.find_records(maps, proc.mem)), default=0) + 1   # retired ones too
-    base = image.map_image(proc, plan, addresses, f"hotpatch:{record_id}".encode(), policy.name_vmas)
+    base = image.map_image(proc, plan, addresses, record_id, policy.name_vmas)
     registered: list[records.PatchRecord] = []
 
     def free_image() -> None:
@@ -104,7 +106,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         functions=[records.SwitchedFunction(t.name, t.entry, t.branch.site, t.new, t.saved.hex(),
                                             t.branch.code.hex(), linked.sizes.get(t.name, 0)) for t in tramps],
         eh_frame=list(linked.eh_frame) if linked.eh_frame else None, trap=linked.trap,
-        frame_object=linked.frame_object)
+        frame_object=linked.frame_object, committing=True)   # journaled from the start: see ops/settle.py
     image.fill(proc, linked, record, header_size)
     steps.mark("filled")
     unwinder = ehframe.find_unwinder(proc, loaded) if linked.eh_frame and linked.frame_object else None
@@ -121,8 +123,11 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     tx.commit()   # the commit point: from here the patch stands, nothing below undoes it
     proc.detach_all()
     steps.mark("resumed", abortable=False)
+    record.committing = False
+    records.write_flags(record, proc.mem)
     report = _report(proc, "applied", record, module, linked, tramps, attempts, steps, patch_path)
     report["warnings"] = [w for w in [perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))] if w]
+    report["repaired"] = repaired
     return report
 
 

@@ -17,13 +17,30 @@ def list_patches(pid: int) -> list[dict]:
         out = []
         for r in records.find_records(maps, mem):
             reason = records.verify(r, arch, maps, modules)
-            status = ("unverifiable" if reason else "retired" if r.retired else
-                      "active" if records.is_active(r, mem) else "inactive")
+            status = "unverifiable" if reason else "retired" if r.retired else _status(r, mem)
             out.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
                         "status": status, **({"unverifiable": reason} if reason else {}),
                         "image": {"base": hex(r.base), "size": r.size},
                         "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
                                       for f in r.functions]})
         return out
+    finally:
+        mem.close()
+
+
+def _status(record: records.PatchRecord, mem: Memory) -> str:
+    """active; inactive (no jump stands: the next apply, revert or gc frees it); interrupted (a killed
+    run wrote some of its sites: the next one rolls it back); modified (by someone else)."""
+    state = records.state(record, mem)
+    if state == "partial":
+        return "interrupted" if records.interrupted(record) else "modified"
+    return "active" if state == "superseded" else state
+
+
+def list_pending(pid: int) -> list[dict]:
+    """Images an interrupted apply mapped and never filled (the next apply, revert or gc unmaps them)."""
+    mem = Memory(pid, writable=False)
+    try:
+        return [{"base": hex(base), "size": size} for base, size in records.find_pending(read_maps(pid), mem)]
     finally:
         mem.close()

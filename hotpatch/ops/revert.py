@@ -1,25 +1,17 @@
-"""revert: restore the bytes a patch replaced, in one stop, then free its image.
+"""revert: restore the bytes a patch replaced, in one stop, then free its image (live/undo.py).
 
-The restore is the commit point; freeing the image comes after the other
-threads run again, through one thread kept stopped. An image is freed only
-when no word of the process's writable memory points into its code (a
-function pointer, a parked coroutine's saved context); otherwise it is
-retired: kept mapped, unreachable through the functions, shown by `list`, and
-freed by `hotpatch gc PID` once nothing points into it. A failure to unmap
-cannot undo the revert either: it is reported and a later revert frees it.
+The restore is the commit point; what comes after only frees memory.
 """
 
-from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
-from hotpatch.live import ehframe, image, perfmap, records, sandbox, transition
+from hotpatch.errors import PatchMismatch, UsageError
+from hotpatch.live import perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
+from hotpatch.live.undo import code_ranges, free_images, restore
 from hotpatch.live.unwinding import Stacks
+from hotpatch.ops.settle import settle
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
-from hotpatch.process.memory import Memory
 from hotpatch.process.modules import loaded_modules
-from hotpatch.safety.activeness import GuardedRange, RangeSet
 from hotpatch.steps import Steps, check_interrupted
-
-DEREGISTER_TIMEOUT = 5.0
 
 
 def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0) -> dict:
@@ -56,40 +48,15 @@ def choose(pid: int, applied: list[PatchRecord], patch_id: int | None, revert_al
     return sorted(chosen, key=lambda r: r.id, reverse=True)
 
 
-def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps) -> None:
-    """Put back the saved bytes of every chosen record (all threads stopped); all or none.
-
-    Newest first, each site read once: a record whose sites all hold its
-    jumps is restored; one whose sites all hold the saved bytes never got its
-    jumps (an interrupted apply) and is only unmapped; anything else was
-    changed by someone else and is left alone (what was restored is put back).
-    """
-    written = []
-    try:
-        for r in chosen:
-            current = [mem.read(f.site, len(f.written) // 2).hex() for f in r.functions]
-            if all(c == f.saved for c, f in zip(current, r.functions)):
-                continue
-            for c, f in zip(current, r.functions):
-                if c != f.written:
-                    raise PatchMismatch(f"{f.name} at {f.entry:#x} was modified after patch {r.id} was "
-                                        "applied; not reverting", "inspect the process")
-            for f in r.functions:
-                mem.write(f.site, bytes.fromhex(f.saved))
-                written.append(f)
-                if len(written) == 1:
-                    steps.mark("first-restored")
-    except BaseException:
-        for f in reversed(written):
-            mem.write(f.site, bytes.fromhex(f.written))
-        raise
-
-
 def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
     sandbox.check_process(proc)
+    repaired = settle(proc, timeout)
     maps = proc.maps()
     found = records.find_records(maps, proc.mem)
     applied = [r for r in found if not r.retired]
+    if not applied and repaired:
+        return {"status": "repaired", "pid": proc.pid, "reverted": [], "patches": [], "freed": [],
+                "retired": [], "unfreed": [], "repaired": repaired, "warnings": []}
     chosen = choose(proc.pid, applied, patch_id, revert_all)
     modules = loaded_modules(proc.pid, maps, proc.mem).modules
     for r in chosen:
@@ -99,14 +66,21 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
                                 "it was not written by hotpatch, or the process changed it: inspect the process")
     stacks = Stacks(proc, maps, modules, found)
 
-    attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
-    restore(chosen, proc.mem, steps)
+    journal(chosen, proc, reverting=True)   # a run killed from here on is completed by the next one
+    try:
+        attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
+        restore(chosen, proc.mem, steps)
+    except BaseException:
+        with proc.uninterruptible():
+            journal(chosen, proc, reverting=False)
+        raise
     steps.mark("switched", abortable=False)   # the commit point: reverted, the rest only frees memory
 
     # No thread runs or returns into the images and nothing jumps there now:
     # the others go while one thread frees them.
     proc.detach_all(keep=proc.syscall_thread())
     steps.mark("resumed", abortable=False)
+    journal(chosen, proc, reverting=False)
     thread_stacks = proc.stack_mappings()
     freed, retired, unfreed = free_images(proc, chosen, thread_stacks, steps)
     steps.mark("unmapped", abortable=False)
@@ -114,41 +88,13 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     warning = perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))
     return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
             "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
-            "freed": freed, "retired": retired, "unfreed": unfreed, "warnings": [warning] if warning else []}
+            "freed": freed, "retired": retired, "unfreed": unfreed, "warnings": [warning] if warning else [],
+            "repaired": repaired}
 
 
-def code_ranges(chosen: list[PatchRecord]) -> RangeSet:
-    return RangeSet([GuardedRange(r.code[0], r.code[1], f"the code of patch {r.id}") for r in chosen])
-
-
-def free_images(proc: Process, chosen: list[PatchRecord], thread_stacks: set[int],
-                steps: Steps) -> tuple[list[int], list[dict], list[dict]]:
-    """Unmap each image nothing points into; retire the others. (freed ids, retired, unmap failures)."""
-    freed, retired, unfreed = [], [], []
-    loaded = None
+def journal(chosen: list[PatchRecord], proc: Process, reverting: bool) -> None:
+    """The records' journal flag: a revert under way, or none."""
     for r in chosen:
-        ref = image.find_reference(proc, code_ranges([r]), thread_stacks, (r.base, r.base + r.size))
-        why = ref.describe() if ref is not None else None
-        if why is None and r.frames_registered and r.eh_frame:
-            loaded = loaded or loaded_modules(proc.pid, proc.maps(), proc.mem)
-            why = ehframe.deregistered(proc, loaded, r.eh_frame[0], r.trap, DEREGISTER_TIMEOUT)
-            if why is None:
-                r.frames_registered = False
-                records.write_flags(r, proc.mem)
-            else:
-                why = f"its unwind information could not be deregistered ({why})"
-        if why is not None:
-            records.mark_retired(r, proc.mem)
-            retired.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": why})
-            continue
-        try:
-            steps.mark("unmapping", abortable=False, hooks=True)   # after the commit: a request waits
-            proc.syscall("munmap", r.base, r.size)
-            freed.append(r.id)
-        except HotpatchError as e:
-            if not proc.alive():
-                raise
-            # The code is restored and the image unreachable: the revert
-            # stands; the memory stays until a later revert frees it.
-            unfreed.append({"id": r.id, "base": hex(r.base), "size": r.size, "reason": e.message})
-    return freed, retired, unfreed
+        r.reverting = reverting
+        if proc.alive():
+            records.write_flags(r, proc.mem)

@@ -5,17 +5,19 @@ constructor only stores. Callers stop, inspect, change and release the
 process through Process's methods, never through its parts.
 """
 
+import ctypes
 import os
 
 from hotpatch.arch import arch_for_machine
 from hotpatch.arch.base import Arch
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import ELFFormatError, ProcessGone, TraceError
+from hotpatch.process import parking
 from hotpatch.process import ptrace as P
 from hotpatch.process.cgroup import freezer_state
 from hotpatch.process.maps import MapIndex, Mapping, read_maps
 from hotpatch.process.memory import Memory
-from hotpatch.process.remote import RemoteSyscalls, find_syscall_gadget
+from hotpatch.process.remote import RemoteSyscalls, find_parking, find_syscall_gadget
 from hotpatch.process.seccomp import fetch_filters
 from hotpatch.process.threads import STOPPED, ThreadGroup, running_threads, thread_name
 from hotpatch.safety.activeness import Snapshot
@@ -252,8 +254,10 @@ class Process:
     # -- system calls made in the process ---------------------------------
     def remote(self) -> RemoteSyscalls:
         if self._remote is None:
-            gadget = find_syscall_gadget(self.arch, self.maps(), self.mem)
-            self._remote = RemoteSyscalls(self.arch, self.threads, gadget, self.mem)
+            maps = self.maps()
+            gadget = find_syscall_gadget(self.arch, maps, self.mem)
+            self._remote = RemoteSyscalls(self.arch, self.threads, gadget, self.mem,
+                                          find_parking(self.arch, maps, self.mem))
         return self._remote
 
     def syscall_thread(self) -> int:
@@ -265,15 +269,16 @@ class Process:
             raise ProcessGone(f"no thread of process {self.pid} is left to make a system call")
         return next(iter(tracees))
 
-    def syscall(self, name: str, *args: int) -> int:
-        """One remote syscall on a stopped thread (stopping one if none is), checked."""
+    def syscall(self, name: str, *args: int, mark=None) -> int:
+        """One remote syscall on a stopped thread (stopping one if none is), checked; see
+        RemoteSyscalls.call for `mark`."""
         remote = self.remote()
         tid = self.syscall_thread()
         if tid in self.threads.stopped_tids(usable_only=False):
-            return remote.checked(tid, name, *args)
+            return remote.checked(tid, name, *args, mark=mark)
         self.threads.stop_thread(tid)
         try:
-            return remote.checked(tid, name, *args)
+            return remote.checked(tid, name, *args, mark=mark)
         finally:
             self.threads.resume_thread(tid)
 
@@ -288,6 +293,23 @@ class Process:
         finally:
             self.threads.resume_thread(tid)
 
+    # -- threads parked by a run that died ----------------------------------
+    def parked(self, tid: int) -> tuple[parking.Journal, int] | None:
+        """(journal, result of its system call) if stopped thread `tid` spins in a parking loop with
+        a journal of its own; None otherwise."""
+        regs = P.get_regs(tid, self.arch.regs_type)
+        size = ctypes.sizeof(regs)
+        data = self.mem.read_available(self.arch.parked_journal(regs), parking.size(size))
+        journal = parking.decode(data, size)
+        if journal is None or journal.tid != tid or journal.park != self.arch.pc(regs):
+            return None
+        return journal, self.arch.syscall_result(regs)
+
+    def unpark(self, tid: int, journal: parking.Journal) -> None:
+        """Thread `tid` (stopped) back on the registers its journal saved."""
+        P.set_regs(tid, self.arch.regs_type.from_buffer_copy(journal.registers))
+        self.threads.forget_view(tid)
+
     def seccomp_filters(self) -> tuple[list, int]:
         """(the filters of the system-call thread, the gadget its calls go through); [] if unfiltered."""
         if P.status_field(self.pid, "Seccomp") != "2":
@@ -295,6 +317,6 @@ class Process:
         tid = self.syscall_thread()
         self.threads.stop_thread(tid)
         try:
-            return fetch_filters(tid), self.remote().gadget
+            return fetch_filters(tid), self.remote().call_site
         finally:
             self.threads.resume_thread(tid)

@@ -17,6 +17,7 @@ from hotpatch.errors import ThreadGone, TraceError
 
 PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
+PTRACE_SYSCALL = 24
 PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
 PTRACE_SETOPTIONS = 0x4200
@@ -28,6 +29,7 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 
+PTRACE_O_TRACESYSGOOD = 0x1   # system-call stops report SIGTRAP | 0x80
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_STOP = 128
@@ -97,7 +99,21 @@ def status_field(pid: int, name: str) -> str | None:
     return None
 
 
-def seize(tid: int, options: int = PTRACE_O_TRACECLONE) -> None:
+def deliverable_signals(pid: int, tid: int) -> int:
+    """The signals pending for thread `tid` (its own or its process's) that it does not block: a mask."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("SigPnd", "ShdPnd", "SigBlk"):
+                    fields[name] = int(value, 16)
+    except (OSError, ValueError):
+        return 0
+    return (fields.get("SigPnd", 0) | fields.get("ShdPnd", 0)) & ~fields.get("SigBlk", 0)
+
+
+def seize(tid: int, options: int = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD) -> None:
     _call(PTRACE_SEIZE, tid, 0, options)
 
 
@@ -140,6 +156,11 @@ def listen(tid: int) -> None:
 
 def detach(tid: int, sig: int = 0) -> None:
     _call(PTRACE_DETACH, tid, 0, sig)
+
+
+def syscall(tid: int, sig: int = 0) -> None:
+    """PTRACE_SYSCALL: resume to the next system-call entry or exit."""
+    _call(PTRACE_SYSCALL, tid, 0, sig)
 
 
 def singlestep(tid: int, sig: int = 0) -> None:

@@ -1,17 +1,27 @@
 """System calls made by a process's thread on our behalf.
 
-The thread's pc is pointed at a syscall instruction that already exists in an
-executable mapping (the vdso, or libc), the arguments are set, and it is
-single-stepped over that one instruction. No code is written and no library
-code runs in the process. Registers are restored exactly afterwards.
+The thread's pc is pointed at a system call instruction that already exists
+in an executable mapping (libc, the vdso), the arguments are set, and it is
+resumed to the system call's exit; its own registers are then put back
+exactly. No code is written and no library code runs in the process.
+
+Preferably that instruction is followed by a return into a loop (see
+parking.py): then the thread is never single-stepped, and at every instant
+a tracer that dies leaves it parked in the loop with its registers
+journaled, never running on with borrowed ones. Without such code in the
+process (never seen on x86-64 or AArch64 glibc) the instruction is
+single-stepped, as before.
 """
 
 import os
 import signal
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from hotpatch.arch.base import Arch
 from hotpatch.errors import ProcessGone, RemoteCallError, RemoteSyscallError, ThreadGone, TraceError
+from hotpatch.process import parking
 from hotpatch.process import ptrace as P
 from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
@@ -19,10 +29,11 @@ from hotpatch.process.threads import ThreadGroup
 
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
                            signal.SIGABRT, signal.SIGSYS})
+SYSCALL_STOP = signal.SIGTRAP | 0x80   # PTRACE_O_TRACESYSGOOD
 
 
-def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
-    """An existing syscall instruction: vdso first (small, always there), then other code."""
+def find_code(arch: Arch, maps: list[Mapping], mem: Memory, pattern: bytes, align: int) -> int | None:
+    """The first occurrence of `pattern` at an `align`ed address of executable code: vdso, libc, the rest."""
     ordered = sorted((m for m in maps if m.executable and m.readable),
                      key=lambda m: (m.path != "[vdso]", "libc" not in m.path, m.start))
     for m in ordered:
@@ -31,34 +42,67 @@ def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
         pos, chunk = m.start, 1 << 16
         while pos < m.end:
             data = mem.read_available(pos, min(chunk, m.end - pos))
-            if not data:
+            if len(data) < len(pattern):
                 break
-            i = data.find(arch.syscall_insn)
+            i = data.find(pattern)
             while i >= 0:
-                if (pos + i) % arch.syscall_insn_align == 0:
+                if (pos + i) % align == 0:
                     return pos + i
-                i = data.find(arch.syscall_insn, i + 1)
-            pos += len(data) - len(arch.syscall_insn) + 1
-    raise TraceError("no syscall instruction found in the process's code")
+                i = data.find(pattern, i + 1)
+            pos += len(data) - len(pattern) + 1
+    return None
+
+
+def find_syscall_gadget(arch: Arch, maps: list[Mapping], mem: Memory) -> int:
+    """An existing syscall instruction: vdso first (small, always there), then other code."""
+    found = find_code(arch, maps, mem, arch.syscall_insn, arch.syscall_insn_align)
+    if found is None:
+        raise TraceError("no syscall instruction found in the process's code")
+    return found
+
+
+@dataclass(frozen=True)
+class Parking:
+    """A returning system call and the loop its return goes to."""
+    gadget: int
+    park: int
+
+
+def find_parking(arch: Arch, maps: list[Mapping], mem: Memory) -> Parking | None:
+    gadget = find_code(arch, maps, mem, arch.returning_syscall, arch.syscall_insn_align)
+    if gadget is None:
+        return None
+    if arch.park_insn is None:   # the return loops on itself when it returns to itself
+        return Parking(gadget, gadget + len(arch.syscall_insn))
+    park = find_code(arch, maps, mem, arch.park_insn, 1)
+    return Parking(gadget, park) if park is not None else None
 
 
 class RemoteSyscalls:
     """System calls (and, for frame registration only, function calls) made by a stopped thread."""
 
-    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int, mem: Memory | None = None):
+    def __init__(self, arch: Arch, threads: ThreadGroup, gadget: int, mem: Memory | None = None,
+                 parking: Parking | None = None):
         self.arch, self.threads, self.gadget, self.mem = arch, threads, gadget, mem
+        self.parking = parking
         self.count = 0
 
-    def call(self, tid: int, name: str, *args: int) -> int:
+    @property
+    def call_site(self) -> int:
+        """The system call instruction every remote call runs (what a seccomp filter sees as its pc)."""
+        return self.parking.gadget if self.parking is not None else self.gadget
+
+    def call(self, tid: int, name: str, *args: int, mark: Callable[[int], None] | None = None) -> int:
         """Run one syscall in stopped thread `tid`; returns its result (negative errno on failure).
 
-        Never abandoned half-way: a thread left running with hijacked
-        registers would crash the process.
+        `mark(result)` runs while the thread is still parked, so that what the
+        call made is recorded before a tracer's death could lose it.
+        Never abandoned half-way by a termination request.
         """
         with self.threads.waiter.uninterruptible():
-            return self._call(tid, name, *args)
+            return self._call(tid, name, *args, mark=mark)
 
-    def _call(self, tid: int, name: str, *args: int) -> int:
+    def _call(self, tid: int, name: str, *args: int, mark: Callable[[int], None] | None = None) -> int:
         arch, threads = self.arch, self.threads
         try:
             threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
@@ -67,42 +111,111 @@ class RemoteSyscalls:
             raise ProcessGone(f"thread {tid} exited before a remote {name}") from e
         args6 = (list(args) + [0] * 6)[:6]   # unused argument registers zeroed: what a seccomp filter sees
         nr = arch.syscall_numbers[name]
-        hijacked = arch.hijack_for_syscall(saved, self.gadget, nr, args6)
-        after = arch.after_syscall_insn(self.gadget)
         deadline = time.monotonic() + threads.stop_timeout
-        was_group_stop = threads.tracees[tid].group_stop
-        result = None
+        own = [saved]   # the thread's own registers: what they are after a signal it took meanwhile
         with threads.stepping(tid):
             try:
-                while result is None:
-                    P.set_regs(tid, hijacked)
-                    status = threads.single_step(tid, deadline)
-                    if status is None:
-                        raise ProcessGone(f"thread {tid} exited during a remote {name}")
-                    regs = P.get_regs(tid, arch.regs_type)
-                    if arch.pc(regs) == after:
-                        result = arch.syscall_result(regs)
-                    sig, event = os.WSTOPSIG(status), status >> 16
-                    if event or sig == signal.SIGTRAP:
-                        continue
-                    # A real signal arrived: deliver it on the original registers,
-                    # never on hijacked ones, then take the thread back. It may
-                    # stop anywhere, inside the handler too: what it is now is
-                    # what must be restored, not what it was (restoring the old
-                    # registers would skip the handler's sigreturn and leave the
-                    # signal blocked for good).
-                    P.set_regs(tid, saved)
-                    threads.deliver_signal(tid, sig)
-                    saved = P.get_regs(tid, arch.regs_type)
-                    hijacked = arch.hijack_for_syscall(saved, self.gadget, nr, args6)
-                P.set_regs(tid, saved)
-                if was_group_stop:
-                    threads.back_to_group_stop(tid, deadline)
+                if self.parking is not None and self.mem is not None:
+                    result = self._parked(tid, nr, args6, own, deadline, mark)
+                    if result is not None:
+                        self.count += 1
+                        return result
+                result = self._stepped(tid, nr, args6, own, deadline)
+                if mark is not None:
+                    mark(result)
             except ThreadGone as e:
                 raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
             finally:
-                self._restore(tid, saved)
+                self._restore(tid, own[0])
         self.count += 1
+        return result
+
+    def _parked(self, tid: int, nr: int, args6: list[int], own: list, deadline: float,
+                mark: Callable[[int], None] | None) -> int | None:
+        """The system call on the parking gadget; None when the journal has no room on the thread's
+        stack (nothing was changed then). Leaves the thread in an interrupt stop, registers restored."""
+        arch, threads, mem, parked = self.arch, self.threads, self.mem, self.parking
+        assert mem is not None and parked is not None
+        saved = own[0]
+        was_group_stop = threads.tracees[tid].group_stop
+        result = None
+        while result is None:
+            journal = parking.encode(parking.Journal(tid, nr, tuple(args6), parked.gadget, parked.park,
+                                                     bytes(saved)))
+            hijacked, address, prefix = arch.hijack_parked(saved, parked.gadget, parked.park, nr, args6,
+                                                           len(journal))
+            try:
+                mem.write(address, prefix + journal)
+            except (OSError, TraceError):
+                return None   # below its stack mapping (a main thread's stack grows on demand)
+            P.set_regs(tid, hijacked)
+            entered = False
+            while True:
+                status = threads.syscall_stop(tid, deadline)
+                if status is None:
+                    raise ThreadGone(tid)
+                sig, event = os.WSTOPSIG(status), status >> 16
+                if sig == SYSCALL_STOP and not event:
+                    if entered:
+                        result = arch.syscall_result(P.get_regs(tid, arch.regs_type))
+                        break
+                    entered = True
+                    continue
+                if event:
+                    continue   # an interrupt or group-stop before the call: on to it
+                # A signal before the call: delivered on the thread's own registers,
+                # then the call is set up again on what they are after it.
+                P.set_regs(tid, saved)
+                threads.deliver_signal(tid, sig)
+                saved = own[0] = P.get_regs(tid, arch.regs_type)
+                break
+        if mark is not None:
+            mark(result)
+        # Back to a stop outside the call, before the return runs: a signal the call
+        # raised (a seccomp kill's SIGSYS) is delivered first, else an interrupt stops it.
+        pending = P.deliverable_signals(threads.pid, tid)
+        status = threads.interrupt_stop(tid, deadline, interrupt=not pending)
+        if status >> 16 == P.PTRACE_EVENT_STOP:
+            P.set_regs(tid, saved)
+            threads.tracees[tid].group_stop = was_group_stop and os.WSTOPSIG(status) in P.STOP_SIGNALS
+        else:   # a signal came first: delivered on its own registers, it is stopped again after it
+            P.set_regs(tid, saved)
+            threads.deliver_signal(tid, os.WSTOPSIG(status))
+            own[0] = P.get_regs(tid, arch.regs_type)
+        return result
+
+    def _stepped(self, tid: int, nr: int, args6: list[int], own: list, deadline: float) -> int:
+        """The system call single-stepped on any syscall instruction (no parking gadget)."""
+        arch, threads = self.arch, self.threads
+        saved = own[0]
+        hijacked = arch.hijack_for_syscall(saved, self.call_site, nr, args6)
+        after = arch.after_syscall_insn(self.call_site)
+        was_group_stop = threads.tracees[tid].group_stop
+        result = None
+        while result is None:
+            P.set_regs(tid, hijacked)
+            status = threads.single_step(tid, deadline)
+            if status is None:
+                raise ThreadGone(tid)
+            regs = P.get_regs(tid, arch.regs_type)
+            if arch.pc(regs) == after:
+                result = arch.syscall_result(regs)
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event or sig == signal.SIGTRAP:
+                continue
+            # A real signal arrived: deliver it on the original registers,
+            # never on hijacked ones, then take the thread back. It may
+            # stop anywhere, inside the handler too: what it is now is
+            # what must be restored, not what it was (restoring the old
+            # registers would skip the handler's sigreturn and leave the
+            # signal blocked for good).
+            P.set_regs(tid, saved)
+            threads.deliver_signal(tid, sig)
+            saved = own[0] = P.get_regs(tid, arch.regs_type)
+            hijacked = arch.hijack_for_syscall(saved, self.call_site, nr, args6)
+        P.set_regs(tid, saved)
+        if was_group_stop:
+            threads.back_to_group_stop(tid, deadline)
         return result
 
     def function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
@@ -165,8 +278,8 @@ class RemoteSyscalls:
             except ThreadGone:
                 pass
 
-    def checked(self, tid: int, name: str, *args: int) -> int:
-        result = self.call(tid, name, *args)
+    def checked(self, tid: int, name: str, *args: int, mark: Callable[[int], None] | None = None) -> int:
+        result = self.call(tid, name, *args, mark=mark)
         if -4095 <= result < 0:
             raise RemoteSyscallError(name, -result)
         return result

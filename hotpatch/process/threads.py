@@ -275,6 +275,12 @@ class ThreadGroup:
             if tid not in self.tracees:
                 raise ThreadGone(tid)
 
+    def forget_view(self, tid: int) -> None:
+        """Its registers were changed: the view read at its stop is stale."""
+        t = self.tracees.get(tid)
+        if t is not None:
+            t.view, t.raw_regs = None, b""
+
     def view(self, tid: int):
         """thread_view of a held, stopped thread (read now if its stop predates the reader)."""
         t = self.tracees.get(tid)
@@ -302,6 +308,27 @@ class ThreadGroup:
         P.singlestep(tid)
         self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "single-step")
         return t.events.pop(0) if t.events else None
+
+    def syscall_stop(self, tid: int, deadline: float) -> int | None:
+        """Resume a stepping thread to its next system-call entry or exit, or any other stop first:
+        its raw wait status, None if it exited."""
+        t = self.tracees[tid]
+        P.syscall(tid)
+        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "make a system call")
+        return t.events.pop(0) if t.events else None
+
+    def interrupt_stop(self, tid: int, deadline: float, interrupt: bool = True) -> int:
+        """Interrupt a stepping thread and resume it: it stops before it runs an instruction (an
+        interrupt stop, or the delivery of a signal that was pending: without `interrupt`, one
+        must be). The raw wait status."""
+        t = self.tracees[tid]
+        if interrupt:
+            P.interrupt(tid)
+        P.cont(tid)
+        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "stop")
+        if not t.events:
+            raise ThreadGone(tid)
+        return t.events.pop(0)
 
     def run_stepping(self, tid: int, deadline: float, sig: int = 0) -> int | None:
         """Let a stepping thread run (with `sig`, or none) until its next stop: its raw wait status,
@@ -446,7 +473,7 @@ class ThreadGroup:
             except ThreadGone:
                 pass
             self._stopped(t, in_clone=True)
-        elif event:
+        elif event or sig == signal.SIGTRAP | 0x80:   # a system-call stop left by an abandoned remote call
             self._stopped(t)
         else:
             if sig == signal.SIGTRAP and t.watch is not None and self._at_watch(t):

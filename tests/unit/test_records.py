@@ -54,3 +54,19 @@ def test_a_claimed_length_beyond_the_bound_reads_nothing():
     body = json.dumps(R._json_fields(record())).encode()
     assert R.PatchRecord.from_header(header_with(body, length=0xFFFF_FFFF)) is None
     assert R.PatchRecord.from_header(header_with(body)) == record()
+
+
+def test_journal_flags_round_trip_and_leave_the_json_alone():
+    r = record(committing=True)
+    data = r.header_bytes(4096)
+    back = R.PatchRecord.from_header(data)
+    assert back.committing and not back.reverting and R.interrupted(back)
+    back.committing, back.reverting = False, True
+    assert back.flags() == R.FLAG_REVERTING
+    assert data[R.JSON_OFFSET:] == record(committing=False).header_bytes(4096)[R.JSON_OFFSET:]
+
+
+def test_a_pending_header_is_no_record():
+    head = R.pending_header(3, 8192)
+    assert head.startswith(R.MAGIC) and len(head) == R.JSON_OFFSET and b"hotpatch:3" in head
+    assert R.PatchRecord.from_header(head + bytes(64)) is None

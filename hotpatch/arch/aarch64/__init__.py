@@ -13,6 +13,8 @@ class AArch64(Arch):
     syscall_insn = syscall.SYSCALL_INSN
     syscall_insn_align = syscall.SYSCALL_INSN_ALIGN
     syscall_numbers = syscall.SYSCALL_NUMBERS
+    returning_syscall = syscall.RETURNING_SYSCALL
+    park_insn = syscall.PARK_INSN
     relocations = relocation_table.RELOCATIONS
     got_reloc_types = relocation_table.GOT_RELOC_TYPES
     stub_size = jumps.STUB_SIZE
@@ -33,6 +35,8 @@ class AArch64(Arch):
     thread_view = staticmethod(registers.thread_view)
     hijack_for_syscall = staticmethod(syscall.hijack)
     syscall_result = staticmethod(syscall.result)
+    hijack_parked = staticmethod(syscall.hijack_parked)
+    parked_journal = staticmethod(syscall.parked_journal)
     landing_pad = staticmethod(jumps.landing_pad)
     entry_rewrite = staticmethod(jumps.entry_rewrite)
     padding_length = staticmethod(insn.padding_length)

@@ -23,6 +23,7 @@ NOP = 0xD503201F
 UDF_0 = 0x00000000
 BRK_0 = 0xD4200000
 SVC_0 = 0xD4000001
+RET = 0xD65F03C0                # ret (x30)
 B = 0x14000000                 # b <imm26>
 ADRP_X16 = 0x90000010          # adrp x16, <page>
 ADD_X16_X16 = 0x91000210       # add x16, x16, #<imm12>

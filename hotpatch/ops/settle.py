@@ -1,0 +1,56 @@
+"""settle: finish what an interrupted run left, before apply, revert or gc does its own work.
+
+live/repair.py puts parked threads back and unmaps images never filled. Then
+the records: an inactive one (its jumps never written, or all taken back
+already) has its image freed, as revert frees one; a partial one journaled
+as under way (committing or reverting: the run was cut between two sites)
+is rolled back first, with every thread stopped and none in its code,
+exactly as revert restores. A partial one without that journal was changed
+by someone else, and is left alone; so is a record that fails verification.
+"""
+
+from hotpatch.live import records, repair, transition
+from hotpatch.live.undo import code_ranges, free_images, restore
+from hotpatch.live.unwinding import Stacks
+from hotpatch.process.attach import Process
+from hotpatch.process.modules import loaded_modules
+from hotpatch.steps import Steps
+
+
+def settle(proc: Process, timeout: float) -> list[str]:
+    """Repair what an interrupted run left in `proc` (seized, running); a line for each thing done."""
+    steps = Steps("settle")
+    done = repair.unpark_threads(proc) + repair.free_pending(proc)
+    maps = proc.maps()
+    found = records.find_records(maps, proc.mem)
+    modules = loaded_modules(proc.pid, maps, proc.mem).modules
+    stale, how = [], {}
+    for r in found:
+        if r.retired or not r.functions or records.verify(r, proc.arch, maps, modules) is not None:
+            continue
+        state = records.state(r, proc.mem)
+        if state == "inactive" or (state == "partial" and records.interrupted(r)):
+            stale.append(r)
+            how[r.id] = "half applied" if state == "partial" and r.committing else \
+                "half reverted" if state == "partial" else "not applied"
+        elif state == "active" and records.interrupted(r):
+            # Every jump stands: an apply was past its last write, or a revert before its first.
+            r.committing = r.reverting = False
+            records.write_flags(r, proc.mem)
+            done.append(f"patch {r.id} ({r.patch}) was left marked by an interrupted run: it stands, applied")
+    if not stale:
+        return done
+    stacks = Stacks(proc, maps, modules, found)
+    transition.stop_when_safe(proc, code_ranges(stale), timeout, steps, stacks)
+    try:
+        restore(sorted(stale, key=lambda r: r.id, reverse=True), proc.mem, steps, cut_short=True)
+    finally:
+        proc.resume_all()
+    for r in stale:
+        done.append(f"patch {r.id} ({r.patch}) was left {how[r.id]} by an interrupted run: rolled back, "
+                    "its image freed")
+        r.committing = r.reverting = False
+    freed, retired, unfreed = free_images(proc, stale, proc.stack_mappings(), steps)
+    done += [f"the image of patch {u['id']} stays mapped, retired ({u['reason']})" for u in retired]
+    done += [f"the image of patch {u['id']} could not be unmapped ({u['reason']})" for u in unfreed]
+    return done
