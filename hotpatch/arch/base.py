@@ -116,11 +116,18 @@ class Arch(abc.ABC):
         """A call stub (veneer) at stub_addr jumping through the GOT slot at slot_addr."""
 
     # -- calling a function in the process (frame registration only) -------
-    trap_insn: ClassVar[bytes]               # a breakpoint instruction: where such a call returns to
+    trap_insn: ClassVar[bytes]               # a breakpoint instruction: where calls of hotpatch 0.1 returned to
+    return_loop: ClassVar[bytes]             # an instruction looping on itself: where such a call returns to
 
     @abc.abstractmethod
     def hijack_for_call(self, regs, function: int, args: list[int], return_to: int) -> tuple[object, int, bytes]:
         """(registers entering `function` as if called, returning to `return_to`; sp; bytes to write at sp)."""
+
+    @abc.abstractmethod
+    def hijack_parked_call(self, regs, function: int, args: list[int], return_to: int,
+                           journal_size: int) -> tuple[object, int, bytes]:
+        """(registers entering `function` as if called, returning into the loop at `return_to` with the
+        stack pointer on `journal_size` free bytes; address; bytes to write there first)."""
 
     @abc.abstractmethod
     def returned_at(self, regs, return_to: int) -> bool:

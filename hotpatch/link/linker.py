@@ -174,7 +174,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     stub_offset = _align(pos, 16)
     pos = stub_offset + arch.stub_size * len(stub_keys)
     trap_offset = _align(pos, 4)
-    pos = trap_offset + len(arch.trap_insn)
+    pos = trap_offset + len(arch.return_loop)
     if pos > start:
         segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_EXEC))
     start = pos = _align(pos, page_size)
@@ -198,7 +198,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
 def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
     obj, arch = plan.obj, plan.arch
     image = bytearray(plan.size)
-    image[plan.trap_offset:plan.trap_offset + len(arch.trap_insn)] = arch.trap_insn
+    image[plan.trap_offset:plan.trap_offset + len(arch.return_loop)] = arch.return_loop
     for index, offset in plan.section_offsets.items():
         sec = obj.sections[index]
         image[offset:offset + len(sec.data)] = sec.data

@@ -19,16 +19,20 @@ is retired instead, since libgcc would read freed memory.
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.symbols import debug_dirs_from_env, find_debug_file, functions_named
 from hotpatch.errors import ELFFormatError, HotpatchError, ProcessBusy, RemoteCallError
+from hotpatch.live import records
+from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import MapIndex
 from hotpatch.process.modules import LoadedModules, ProcessSymbols, module_file
 from hotpatch.safety.activeness import GuardedRange, RangeSet, find_busy
 
 REGISTER, DEREGISTER = "__register_frame_info", "__deregister_frame_info"
+REGISTER_TAG, DEREGISTER_TAG = 1, 2   # what a journaled call was (process/parking.py; live/repair.py reads them)
 CALL_TIMEOUT = 2.0
 RETRY_DELAY = 0.01
 MAX_CANDIDATES = 8   # threads tried per attempt
@@ -125,13 +129,14 @@ def _safe_thread(proc: Process, unwinder: Unwinder) -> int | None:
 
 
 def call_when_safe(proc: Process, unwinder: Unwinder, function: int, args: list[int], trap: int,
-                   deadline: float, what: str) -> int:
-    """Call `function` on a thread shown safe, retrying until `deadline`; ProcessBusy after it."""
+                   deadline: float, what: str, tag: int, mark: Callable[[int], None]) -> int:
+    """Call `function` on a thread shown safe, retrying until `deadline`; ProcessBusy after it.
+    `mark(result)` records what the call did while the thread cannot yet be lost (see Process.call)."""
     while True:
         tid = _safe_thread(proc, unwinder)
         if tid is not None:
             try:
-                return proc.call(function, args, trap, CALL_TIMEOUT, tid=tid)
+                return proc.call(function, args, trap, CALL_TIMEOUT, tid=tid, tag=tag, mark=mark)
             finally:
                 proc.resume_thread(tid)
         if time.monotonic() >= deadline:
@@ -140,27 +145,38 @@ def call_when_safe(proc: Process, unwinder: Unwinder, function: int, args: list[
         time.sleep(RETRY_DELAY)
 
 
-def register(proc: Process, unwinder: Unwinder, eh_frame: int, frame_object: int, trap: int,
-             deadline: float) -> None:
-    call_when_safe(proc, unwinder, unwinder.register, [eh_frame, frame_object], trap, deadline,
-                   "register the patch's unwind information")
+def register(proc: Process, unwinder: Unwinder, record: PatchRecord, deadline: float) -> None:
+    """The record's frames registered, and its flag saying so written the moment they are."""
+    def registered(_: int) -> None:
+        record.frames_registered = True
+        records.write_flags(record, proc.mem)
+    assert record.eh_frame is not None and record.frame_object is not None
+    call_when_safe(proc, unwinder, unwinder.register, [record.eh_frame[0], record.frame_object], record.trap,
+                   deadline, "register the patch's unwind information", REGISTER_TAG, registered)
 
 
-def deregister(proc: Process, unwinder: Unwinder, eh_frame: int, trap: int, deadline: float) -> None:
-    """__deregister_frame_info(eh_frame) returns the object it removed: anything else is an error."""
-    got = call_when_safe(proc, unwinder, unwinder.deregister, [eh_frame], trap, deadline,
-                         "deregister the patch's unwind information")
+def deregister(proc: Process, unwinder: Unwinder, record: PatchRecord, deadline: float) -> None:
+    """__deregister_frame_info(eh_frame) returns the object it removed: anything else is an error.
+    (libgcc asserts that it knows the object: only a record flagged registered is ever deregistered.)"""
+    def deregistered(got: int) -> None:
+        if got != 0:
+            record.frames_registered = False
+            records.write_flags(record, proc.mem)
+    assert record.eh_frame is not None
+    eh_frame = record.eh_frame[0]
+    got = call_when_safe(proc, unwinder, unwinder.deregister, [eh_frame], record.trap, deadline,
+                         "deregister the patch's unwind information", DEREGISTER_TAG, deregistered)
     if got == 0:
         raise RemoteCallError(f"the unwinder of process {proc.pid} did not know the frames at {eh_frame:#x}")
 
 
-def deregistered(proc: Process, loaded: LoadedModules, eh_frame: int, trap: int, timeout: float) -> str | None:
+def deregistered(proc: Process, loaded: LoadedModules, record: PatchRecord, timeout: float) -> str | None:
     """Deregister, or say why not (the image must then stay mapped)."""
     try:
         unwinder = find_unwinder(proc, loaded)
         if unwinder is None:
             return "its unwinder is no longer loaded"
-        deregister(proc, unwinder, eh_frame, trap, time.monotonic() + timeout)
+        deregister(proc, unwinder, record, time.monotonic() + timeout)
         return None
     except HotpatchError as e:
         if not proc.alive():

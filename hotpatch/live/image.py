@@ -91,9 +91,9 @@ def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], record_id: 
     return base
 
 
-def fill(proc: Process, image: LinkedImage, record: records.PatchRecord, header_size: int) -> None:
-    """Write the linked image, its record in the header, into the mapping."""
-    image.data[:header_size] = record.header_bytes(header_size)
+def fill(proc: Process, image: LinkedImage, record: records.PatchRecord, header_size: int, key: bytes) -> None:
+    """Write the linked image, its record in the header (authenticated with `key`), into the mapping."""
+    image.data[:header_size] = record.header_bytes(header_size, key, proc.pid)
     proc.mem.write(image.base, bytes(image.data))
 
 

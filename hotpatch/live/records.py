@@ -5,7 +5,8 @@ name given to the mapping, and a JSON record: which functions were switched,
 the bytes that were there before, the bytes written. `list` and `revert` read
 it back from any later hotpatch process, so nothing lives on the patcher's side.
 
-Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | u32 flags | u64 | JSON at 64.
+Header layout: MAGIC (16) | mapping name, NUL-padded (32) | u32 JSON length | u32 flags | u64 | JSON at 64 |
+its authentication code (32: HMAC-SHA256 with the host key, see hostkey.py).
 The flags change after apply (a retired image, a transaction under way); the JSON never does. An image
 is marked as soon as it exists, before it is filled: a pending header (no
 JSON; the u64 is the image's size), so that no image is ever lost.
@@ -16,6 +17,7 @@ import struct
 from dataclasses import asdict, dataclass
 
 from hotpatch.errors import HotpatchError
+from hotpatch.live import hostkey
 from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
 
@@ -71,20 +73,22 @@ class PatchRecord:
     frames_registered: bool = False     # likewise
     committing: bool = False            # likewise
     reverting: bool = False             # likewise
+    authentic: bool = False             # its code matched the host key when it was read
 
     def flags(self) -> int:
         return ((FLAG_RETIRED if self.retired else 0) | (FLAG_FRAMES_REGISTERED if self.frames_registered else 0)
                 | (FLAG_COMMITTING if self.committing else 0) | (FLAG_REVERTING if self.reverting else 0))
 
-    def header_bytes(self, size: int) -> bytes:
+    def header_bytes(self, size: int, key: bytes, pid: int) -> bytes:
         body = json.dumps(_json_fields(self), sort_keys=True).encode()
         out = bytearray(size)
         out[:JSON_OFFSET] = record_header_prefix(self.id)
         _LEN.pack_into(out, LENGTH_OFFSET, len(body))
         _LEN.pack_into(out, FLAGS_OFFSET, self.flags())
-        if JSON_OFFSET + len(body) > size:
+        if JSON_OFFSET + len(body) + hostkey.TAG_SIZE > size:
             raise HotpatchError(f"internal: a record of {len(body)} bytes does not fit its {size}-byte header")
         out[JSON_OFFSET:JSON_OFFSET + len(body)] = body
+        out[JSON_OFFSET + len(body):JSON_OFFSET + len(body) + hostkey.TAG_SIZE] = hostkey.tag(key, pid, self.base, body)
         return bytes(out)
 
     @classmethod
@@ -98,7 +102,7 @@ class PatchRecord:
         body = data[JSON_OFFSET:JSON_OFFSET + length]
         try:
             raw = json.loads(body)
-            for flag in ("retired", "frames_registered", "committing", "reverting"):
+            for flag in ("retired", "frames_registered", "committing", "reverting", "authentic"):
                 raw.pop(flag, None)
             raw["functions"] = [SwitchedFunction(**f) for f in raw["functions"]]
             record = cls(**raw, retired=bool(flags & FLAG_RETIRED),
@@ -180,7 +184,7 @@ def _well_formed(r: "PatchRecord") -> bool:
 
 def _json_fields(record: "PatchRecord") -> dict:
     raw = asdict(record)
-    for flag in ("retired", "frames_registered", "committing", "reverting"):
+    for flag in ("retired", "frames_registered", "committing", "reverting", "authentic"):
         raw.pop(flag)
     return raw
 
@@ -204,7 +208,7 @@ def header_size_for(functions: list[str], patch_name: str, module: str, page_siz
                         [SwitchedFunction(name, big, big, big, "f" * MAX_BYTES_HEX, "f" * MAX_BYTES_HEX, big)
                          for name in functions], [big, big], big, big)
     body = len(json.dumps(_json_fields(worst), sort_keys=True).encode())
-    return (JSON_OFFSET + body + page_size - 1) // page_size * page_size
+    return (JSON_OFFSET + body + hostkey.TAG_SIZE + page_size - 1) // page_size * page_size
 
 
 def original_view(records: list[PatchRecord], address: int, current: bytes) -> bytes:
@@ -219,8 +223,9 @@ def original_view(records: list[PatchRecord], address: int, current: bytes) -> b
     return bytes(view)
 
 
-def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
-    """Every patch record in the process, oldest first: read-only anonymous mappings starting with MAGIC."""
+def find_records(maps: list[Mapping], mem: Memory, pid: int = 0, key: bytes | None = None) -> list[PatchRecord]:
+    """Every patch record in the process, oldest first: read-only anonymous mappings starting with MAGIC;
+    each `authentic` if its code matches `key` for process `pid`."""
     records = []
     for m in maps:
         if not (m.anonymous and m.perms.startswith("r-") and m.offset == 0):
@@ -231,10 +236,13 @@ def find_records(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
         if len(head) < JSON_OFFSET or head[:len(MAGIC)] != MAGIC:
             continue
         (length,) = _LEN.unpack_from(head, LENGTH_OFFSET)
-        if length > MAX_RECORD or JSON_OFFSET + length > m.end - m.start:
+        if length > MAX_RECORD or JSON_OFFSET + length + hostkey.TAG_SIZE > m.end - m.start:
             continue   # a header claiming more than its mapping holds is no record of ours
-        record = PatchRecord.from_header(mem.read_available(m.start, JSON_OFFSET + length))
+        data = mem.read_available(m.start, JSON_OFFSET + length + hostkey.TAG_SIZE)
+        record = PatchRecord.from_header(data[:JSON_OFFSET + length])
         if record is not None and record.base == m.start:
+            record.authentic = hostkey.matches(key, pid, m.start, data[JSON_OFFSET:JSON_OFFSET + length],
+                                               data[JSON_OFFSET + length:])
             records.append(record)
     return sorted(records, key=lambda r: r.id)
 
@@ -299,4 +307,7 @@ def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | Non
             return f"{f.name}: no jump of {len(written) - pad} bytes reaches {f.new:#x}"
         if written[pad:] != expected:
             return f"{f.name}: the bytes it says it wrote are not hotpatch's jump to {f.new:#x}"
+    if not record.authentic:
+        return ("its authentication code does not match this host's key: altered or forged in the process, "
+                f"or written without the key ({hostkey.key_path()})")
     return None

@@ -13,8 +13,9 @@ registers or an image nobody can find:
 This module handles the first two; both need only one thread at a time.
 """
 
-from hotpatch.errors import HotpatchError
-from hotpatch.live import records
+from hotpatch.errors import HotpatchError, ThreadGone
+from hotpatch.live import ehframe, hostkey, records
+from hotpatch.process import parking
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import Mapping
 
@@ -30,16 +31,35 @@ def unpark_threads(proc: Process) -> list[str]:
             continue
         try:
             found = proc.parked(tid)
+        except ThreadGone:
+            continue   # it ended meanwhile (SIGKILL): nothing to put back
+        try:
             if found is None:
                 continue
             journal, result = found
             proc.unpark(tid, journal)
             done.append(f"thread {tid} was parked by an interrupted run: its registers are restored")
-            if journal.nr == mmap_nr and 0 <= result < 1 << 63:
+            if journal.nr & parking.CALL:
+                done += _frames_call_made(proc, journal.nr & ~parking.CALL, journal.args[0], result)
+            elif journal.nr == mmap_nr and 0 <= result < 1 << 63:
                 done += _unmap_unmarked(proc, result, journal.args[1])
         finally:
             proc.resume_thread(tid)
     return done
+
+
+def _frames_call_made(proc: Process, tag: int, eh_frame: int, result: int) -> list[str]:
+    """A parked thread made its (de)registration call: its record's flag must say what libgcc knows now,
+    or a later free would leave libgcc reading freed memory (or deregister twice: libgcc aborts)."""
+    record = next((r for r in records.find_records(proc.maps(), proc.mem, proc.pid, hostkey.load())
+                   if r.eh_frame and r.eh_frame[0] == eh_frame and r.authentic), None)
+    if record is None or tag not in (ehframe.REGISTER_TAG, ehframe.DEREGISTER_TAG):
+        return []
+    registered = tag == ehframe.REGISTER_TAG or result == 0
+    if record.frames_registered != registered:
+        record.frames_registered = registered
+        records.write_flags(record, proc.mem)
+    return [f"the unwind information of patch {record.id} is {'registered' if registered else 'deregistered'}"]
 
 
 def _unmap_unmarked(proc: Process, base: int, length: int) -> list[str]:

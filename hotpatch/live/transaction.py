@@ -34,6 +34,14 @@ class Transaction:
 
     def abort(self, proc: Process, error: BaseException) -> None:
         """Undo everything after `error`; raise what the user must be told instead of it, if anything."""
+        try:
+            self._abort(proc, error)
+        except HotpatchError as raised:
+            say_left_parked(proc, raised)
+            raise
+        say_left_parked(proc, error)
+
+    def _abort(self, proc: Process, error: BaseException) -> None:
         if not proc.alive():
             self.commit()
             raise ProcessGone(f"process {proc.pid} exited during the operation; nothing left to undo") from error
@@ -46,3 +54,13 @@ class Transaction:
 
 def _message(e: BaseException) -> str:
     return e.line() if isinstance(e, HotpatchError) else f"{type(e).__name__}: {e}"
+
+
+def say_left_parked(proc: Process, error: BaseException) -> None:
+    """Add to the error what became of a thread whose registers could not be given back."""
+    for tid, parked in sorted(proc.remote_left_parked()):
+        note = (f"; thread {tid} could not be given its registers back (frozen?): it waits parked in a loop, "
+                f"and `hotpatch gc {proc.pid}` restores it once it runs" if parked else
+                f"; thread {tid} could not be given its registers back (frozen?): the process may be damaged")
+        if isinstance(error, HotpatchError) and note not in error.message:
+            error.message += note

@@ -66,11 +66,8 @@ def free_images(proc: Process, chosen: list[PatchRecord], thread_stacks: set[int
         why = ref.describe() if ref is not None else None
         if why is None and r.frames_registered and r.eh_frame:
             loaded = loaded or loaded_modules(proc.pid, proc.maps(), proc.mem)
-            why = ehframe.deregistered(proc, loaded, r.eh_frame[0], r.trap, DEREGISTER_TIMEOUT)
-            if why is None:
-                r.frames_registered = False
-                records.write_flags(r, proc.mem)
-            else:
+            why = ehframe.deregistered(proc, loaded, r, DEREGISTER_TIMEOUT)
+            if why is not None:
                 why = f"its unwind information could not be deregistered ({why})"
         if why is not None:
             records.mark_retired(r, proc.mem)

@@ -17,7 +17,7 @@ from hotpatch import __version__, patchfile
 from hotpatch.arch import get_arch
 from hotpatch.errors import PatchMismatch, UndoFailed
 from hotpatch.link.linker import plan_layout
-from hotpatch.live import ehframe, image, perfmap, records, sandbox, trampolines, transition
+from hotpatch.live import ehframe, hostkey, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
 from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle
@@ -52,7 +52,10 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     maps = proc.maps()
     loaded = loaded_modules(proc.pid, maps, proc.mem)
     module = find_module(proc.pid, loaded, meta)
-    applied = [r for r in records.find_records(maps, proc.mem) if not r.retired]
+    key = hostkey.load(create=True)
+    # Records that fail verification are not ours to build on: their bytes count as the code's.
+    applied = [r for r in records.find_records(maps, proc.mem, proc.pid, key)
+               if not r.retired and records.verify(r, arch, maps, loaded.modules) is None]
     for r in applied:
         if r.patch_sha256 == patch.sha256:
             raise PatchMismatch(f"this patch is already applied to process {proc.pid} as patch {r.id}",
@@ -87,7 +90,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         # Frames the unwinder knows must be deregistered before the memory
         # goes; if that cannot be done the image stays, retired.
         for r in registered:
-            why = ehframe.deregistered(proc, loaded, r.eh_frame[0], r.trap, timeout)
+            why = ehframe.deregistered(proc, loaded, r, timeout)
             if why is not None:
                 records.mark_retired(r, proc.mem)
                 raise UndoFailed(f"the image of patch {r.id} stays mapped, retired: its unwind information "
@@ -107,15 +110,12 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
                                             t.branch.code.hex(), linked.sizes.get(t.name, 0)) for t in tramps],
         eh_frame=list(linked.eh_frame) if linked.eh_frame else None, trap=linked.trap,
         frame_object=linked.frame_object, committing=True)   # journaled from the start: see ops/settle.py
-    image.fill(proc, linked, record, header_size)
+    image.fill(proc, linked, record, header_size, key)
     steps.mark("filled")
     unwinder = ehframe.find_unwinder(proc, loaded) if linked.eh_frame and linked.frame_object else None
     if unwinder is not None:
-        ehframe.register(proc, unwinder, linked.eh_frame[0], linked.frame_object, linked.trap,
-                         time.monotonic() + timeout)
+        ehframe.register(proc, unwinder, record, time.monotonic() + timeout)
         registered.append(record)
-        record.frames_registered = True
-        records.write_flags(record, proc.mem)
         steps.mark("registered")
 
     attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)

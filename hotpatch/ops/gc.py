@@ -5,7 +5,9 @@ thread stopped), then no word of writable memory pointing into its code
 (searched while the process runs).
 """
 
-from hotpatch.live import perfmap, records, sandbox, transition
+from hotpatch.errors import HotpatchError
+from hotpatch.live import hostkey, perfmap, records, sandbox, transition
+from hotpatch.live.transaction import say_left_parked
 from hotpatch.live.undo import code_ranges, free_images
 from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle
@@ -22,7 +24,7 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
         sandbox.check_process(proc)
         repaired = settle(proc, timeout)
         maps = proc.maps()
-        found = records.find_records(maps, proc.mem)
+        found = records.find_records(maps, proc.mem, pid, hostkey.load())
         modules = loaded_modules(pid, maps, proc.mem).modules
         # An unverifiable record is never acted on: its image is not freed on its word.
         retired = [r for r in found if r.retired and records.verify(r, proc.arch, maps, modules) is None]
@@ -39,5 +41,8 @@ def gc(pid: int, timeout: float = 10.0) -> dict:
         return {"status": "collected", "pid": pid, "freed": freed, "retired": kept, "unfreed": unfreed,
                 "checks": attempts, "timings_ms": steps.marks, "warnings": [warning] if warning else [],
                 "repaired": repaired}
+    except HotpatchError as e:
+        say_left_parked(proc, e)
+        raise
     finally:
         proc.close()

@@ -1,6 +1,6 @@
 """list: the patches applied to a process, read from the process itself (no thread is stopped)."""
 
-from hotpatch.live import records
+from hotpatch.live import hostkey, records
 from hotpatch.process.attach import check_pid, process_arch
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
@@ -15,7 +15,7 @@ def list_patches(pid: int) -> list[dict]:
         maps = read_maps(pid)
         modules = loaded_modules(pid, maps, mem).modules
         out = []
-        for r in records.find_records(maps, mem):
+        for r in records.find_records(maps, mem, pid, hostkey.load()):
             reason = records.verify(r, arch, maps, modules)
             status = "unverifiable" if reason else "retired" if r.retired else _status(r, mem)
             out.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,

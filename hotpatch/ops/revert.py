@@ -3,9 +3,10 @@
 The restore is the commit point; what comes after only frees memory.
 """
 
-from hotpatch.errors import PatchMismatch, UsageError
-from hotpatch.live import perfmap, records, sandbox, transition
+from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
+from hotpatch.live import hostkey, perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
+from hotpatch.live.transaction import say_left_parked
 from hotpatch.live.undo import code_ranges, free_images, restore
 from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle
@@ -20,6 +21,9 @@ def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, time
     proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
     try:
         return _revert(proc, patch_id, revert_all, timeout, steps)
+    except HotpatchError as e:
+        say_left_parked(proc, e)
+        raise
     finally:
         proc.close()
 
@@ -52,7 +56,7 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     sandbox.check_process(proc)
     repaired = settle(proc, timeout)
     maps = proc.maps()
-    found = records.find_records(maps, proc.mem)
+    found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
     applied = [r for r in found if not r.retired]
     if not applied and repaired:
         return {"status": "repaired", "pid": proc.pid, "reverted": [], "patches": [], "freed": [],

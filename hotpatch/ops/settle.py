@@ -9,7 +9,7 @@ exactly as revert restores. A partial one without that journal was changed
 by someone else, and is left alone; so is a record that fails verification.
 """
 
-from hotpatch.live import records, repair, transition
+from hotpatch.live import hostkey, records, repair, transition
 from hotpatch.live.undo import code_ranges, free_images, restore
 from hotpatch.live.unwinding import Stacks
 from hotpatch.process.attach import Process
@@ -22,7 +22,7 @@ def settle(proc: Process, timeout: float) -> list[str]:
     steps = Steps("settle")
     done = repair.unpark_threads(proc) + repair.free_pending(proc)
     maps = proc.maps()
-    found = records.find_records(maps, proc.mem)
+    found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
     modules = loaded_modules(proc.pid, maps, proc.mem).modules
     stale, how = [], {}
     for r in found:

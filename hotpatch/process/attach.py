@@ -11,7 +11,7 @@ import os
 from hotpatch.arch import arch_for_machine
 from hotpatch.arch.base import Arch
 from hotpatch.elf.image import ElfImage
-from hotpatch.errors import ELFFormatError, ProcessGone, TraceError
+from hotpatch.errors import ELFFormatError, ProcessGone, ThreadGone, TraceError
 from hotpatch.process import parking
 from hotpatch.process import ptrace as P
 from hotpatch.process.cgroup import freezer_state
@@ -163,7 +163,10 @@ class Process:
         t = self.threads.tracees.get(tid)
         if t is None or t.group_stop:
             return False
-        self.threads.stop_thread(tid)
+        try:
+            self.threads.stop_thread(tid)
+        except ThreadGone:
+            return False
         return tid in self.threads.tracees
 
     def resume_thread(self, tid: int) -> None:
@@ -260,6 +263,10 @@ class Process:
                                           find_parking(self.arch, maps, self.mem))
         return self._remote
 
+    def remote_left_parked(self) -> set[tuple[int, bool]]:
+        """Threads whose registers a remote call could not restore: (thread, parked in a loop)."""
+        return self._remote.left_parked if self._remote is not None else set()
+
     def syscall_thread(self) -> int:
         """The thread remote system calls run on: the leader, whose seccomp filter is checked."""
         tracees = self.threads.tracees
@@ -282,14 +289,16 @@ class Process:
         finally:
             self.threads.resume_thread(tid)
 
-    def call(self, address: int, args: list[int], trap: int, timeout: float, tid: int | None = None) -> int:
-        """Run the function at `address` on a stopped thread (frame registration only: see live/ehframe.py)."""
+    def call(self, address: int, args: list[int], trap: int, timeout: float, tid: int | None = None,
+             tag: int = 0, mark=None) -> int:
+        """Run the function at `address` on a stopped thread (frame registration only: see live/ehframe.py);
+        see RemoteSyscalls.function for `tag` and `mark`."""
         tid = self.syscall_thread() if tid is None else tid
         if tid in self.threads.stopped_tids(usable_only=False):
-            return self.remote().function(tid, address, args, trap, timeout)
+            return self.remote().function(tid, address, args, trap, timeout, tag, mark)
         self.threads.stop_thread(tid)
         try:
-            return self.remote().function(tid, address, args, trap, timeout)
+            return self.remote().function(tid, address, args, trap, timeout, tag, mark)
         finally:
             self.threads.resume_thread(tid)
 

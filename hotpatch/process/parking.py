@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"HPPARK\x00\x01"
+CALL = 1 << 63   # in `nr`: a function call (the low bits: the caller's tag), not a system call
 _HEAD = struct.Struct("<8sIIQ6QQQ")   # magic, tid, length of the registers, nr, arguments, gadget, park
 _CRC = struct.Struct("<I")
 

@@ -30,6 +30,7 @@ from hotpatch.process.threads import ThreadGroup
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
                            signal.SIGABRT, signal.SIGSYS})
 SYSCALL_STOP = signal.SIGTRAP | 0x80   # PTRACE_O_TRACESYSGOOD
+CALL_POLL = 0.002   # a call returns into a loop, not a trap: the thread is looked at this often
 
 
 def find_code(arch: Arch, maps: list[Mapping], mem: Memory, pattern: bytes, align: int) -> int | None:
@@ -86,6 +87,7 @@ class RemoteSyscalls:
         self.arch, self.threads, self.gadget, self.mem = arch, threads, gadget, mem
         self.parking = parking
         self.count = 0
+        self.left_parked: set[tuple[int, bool]] = set()   # (thread, parked) whose registers could not be restored
 
     @property
     def call_site(self) -> int:
@@ -126,7 +128,7 @@ class RemoteSyscalls:
             except ThreadGone as e:
                 raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
             finally:
-                self._restore(tid, own[0])
+                self._restore(tid, own[0], parked=self.parking is not None)
         self.count += 1
         return result
 
@@ -218,25 +220,38 @@ class RemoteSyscalls:
             threads.back_to_group_stop(tid, deadline)
         return result
 
-    def function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
+    def function(self, tid: int, address: int, args: list[int], trap: int, timeout: float, tag: int = 0,
+                 mark: Callable[[int], None] | None = None) -> int:
         """Call the function at `address` in stopped thread `tid`; its return value.
 
-        The thread returns into `trap` (a breakpoint instruction the caller
-        placed in the image) and its registers are restored exactly. Signals
-        for it meanwhile are delivered (the handler runs on top of the call);
-        a fault inside the call, or no return within `timeout`, abandons the
+        The thread returns into `trap`, a loop the caller placed in the image
+        (a breakpoint in images of hotpatch 0.1), and its registers are
+        restored exactly. Returning into a loop, it is parked there with its
+        registers journaled (`tag` says what the call was) if the tracer dies
+        meanwhile; `mark(result)` runs before it leaves the loop. Signals for
+        it meanwhile are delivered (the handler runs on top of the call); a
+        fault inside the call, or no return within `timeout`, abandons the
         call (registers restored) and raises.
         """
         with self.threads.waiter.uninterruptible():
-            return self._function(tid, address, args, trap, timeout)
+            return self._function(tid, address, args, trap, timeout, tag, mark)
 
-    def _function(self, tid: int, address: int, args: list[int], trap: int, timeout: float) -> int:
+    def _function(self, tid: int, address: int, args: list[int], trap: int, timeout: float, tag: int,
+                  mark: Callable[[int], None] | None) -> int:
         arch, threads = self.arch, self.threads
         try:
             threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
         except ThreadGone as e:
             raise ProcessGone(f"thread {tid} exited before a call in the process") from e
         saved = P.get_regs(tid, arch.regs_type)
+        if self.mem is not None and self.mem.read_available(trap, len(arch.return_loop)) == arch.return_loop:
+            with threads.stepping(tid):
+                try:
+                    return self._function_parked(tid, address, args, trap, timeout, tag, mark, saved)
+                except ThreadGone as e:
+                    raise ProcessGone(f"thread {tid} exited during a call in the process") from e
+                finally:
+                    self._restore(tid, saved, parked=True)
         hijacked, sp, stack_bytes = arch.hijack_for_call(saved, address, args, trap)
         deadline = time.monotonic() + timeout
         with threads.stepping(tid):
@@ -260,7 +275,10 @@ class RemoteSyscalls:
                         continue
                     regs = P.get_regs(tid, arch.regs_type)
                     if sig == signal.SIGTRAP and arch.returned_at(regs, trap):
-                        return arch.call_result(regs)
+                        result = arch.call_result(regs)
+                        if mark is not None:
+                            mark(result)
+                        return result
                     if sig in FAULT_SIGNALS:
                         raise RemoteCallError(f"the call at {address:#x} in thread {tid} faulted "
                                               f"({signal.Signals(sig).name} at {arch.pc(regs):#x}); abandoned")
@@ -270,13 +288,55 @@ class RemoteSyscalls:
             finally:
                 self._restore(tid, saved)
 
-    def _restore(self, tid: int, saved) -> None:
-        """The thread's own registers back, on every path (a thread that exited needs none)."""
+    def _function_parked(self, tid: int, address: int, args: list[int], loop: int, timeout: float, tag: int,
+                         mark: Callable[[int], None] | None, saved) -> int:
+        arch, threads, mem = self.arch, self.threads, self.mem
+        assert mem is not None
+        args6 = (list(args) + [0] * 6)[:6]
+        journal = parking.encode(parking.Journal(tid, parking.CALL | tag, tuple(args6), address, loop, bytes(saved)))
+        hijacked, at, prefix = arch.hijack_parked_call(saved, address, args, loop, len(journal))
+        mem.write(at, prefix + journal)
+        P.set_regs(tid, hijacked)
+        deadline = time.monotonic() + timeout
+        P.cont(tid)
+        while True:
+            status = threads.wait_stepping(tid, min(deadline, time.monotonic() + CALL_POLL))
+            if status is None:
+                status = threads.interrupt_running(tid, deadline + threads.stop_timeout)
+                if time.monotonic() >= deadline and arch.pc(P.get_regs(tid, arch.regs_type)) != loop:
+                    raise RemoteCallError(f"the call at {address:#x} in thread {tid} did not return "
+                                          f"within {timeout:g} s; abandoned")
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event:
+                regs = P.get_regs(tid, arch.regs_type)
+                if arch.pc(regs) == loop:
+                    result = arch.call_result(regs)
+                    if mark is not None:
+                        mark(result)
+                    return result
+                P.cont(tid)
+                continue
+            if sig in FAULT_SIGNALS:
+                pc = arch.pc(P.get_regs(tid, arch.regs_type))
+                raise RemoteCallError(f"the call at {address:#x} in thread {tid} faulted "
+                                      f"({signal.Signals(sig).name} at {pc:#x}); abandoned")
+            threads.signals_passed += 1
+            P.cont(tid, sig)   # the handler runs on top of the call
+
+    def _restore(self, tid: int, saved, parked: bool = False) -> None:
+        """The thread's own registers back, on every path (a thread that exited needs none).
+
+        A thread that is alive but out of reach (frozen by a cgroup while it
+        was resumed to the call) keeps the borrowed registers: parked, it
+        will make the call and wait in the loop for the next run; this is
+        said in the error that is on its way (it is in `left_parked`).
+        """
         if tid in self.threads.tracees:
             try:
                 P.set_regs(tid, saved)
             except ThreadGone:
-                pass
+                if os.path.exists(f"/proc/{self.threads.pid}/task/{tid}"):
+                    self.left_parked.add((tid, parked))
 
     def checked(self, tid: int, name: str, *args: int, mark: Callable[[int], None] | None = None) -> int:
         result = self.call(tid, name, *args, mark=mark)

@@ -330,6 +330,26 @@ class ThreadGroup:
             raise ThreadGone(tid)
         return t.events.pop(0)
 
+    def wait_stepping(self, tid: int, until: float) -> int | None:
+        """The next raw wait status of a stepping thread that runs, or None if none came by `until`."""
+        t = self.tracees[tid]
+        try:
+            self._pump_until(lambda: t.events or t.tid not in self.tracees, until, "return")
+        except TraceError:
+            pass   # `until` passed: not an error here
+        if tid not in self.tracees:
+            raise ThreadGone(tid)
+        return t.events.pop(0) if t.events else None
+
+    def interrupt_running(self, tid: int, deadline: float) -> int:
+        """Interrupt a stepping thread that runs: its next raw wait status (the interrupt, or a signal first)."""
+        t = self.tracees[tid]
+        P.interrupt(tid)
+        self._pump_until(lambda: t.events or t.tid not in self.tracees, deadline, "stop")
+        if not t.events:
+            raise ThreadGone(tid)
+        return t.events.pop(0)
+
     def run_stepping(self, tid: int, deadline: float, sig: int = 0) -> int | None:
         """Let a stepping thread run (with `sig`, or none) until its next stop: its raw wait status,
         None if it exited or the deadline passed (then it is interrupted and stopped again first)."""

@@ -5,7 +5,10 @@ import json
 
 import pytest
 
+from hotpatch.live import hostkey
 from hotpatch.live import records as R
+
+KEY = bytes(range(32))
 
 
 def record(**changes) -> R.PatchRecord:
@@ -28,7 +31,7 @@ def header_with(body: bytes, length: int | None = None) -> bytes:
 
 def test_round_trip_with_flags():
     r = record()
-    data = bytearray(r.header_bytes(4096))
+    data = bytearray(r.header_bytes(4096, KEY, 42))
     assert R.PatchRecord.from_header(bytes(data)) == r
     R._LEN.pack_into(data, R.FLAGS_OFFSET, R.FLAG_RETIRED | R.FLAG_FRAMES_REGISTERED)
     back = R.PatchRecord.from_header(bytes(data))
@@ -58,15 +61,37 @@ def test_a_claimed_length_beyond_the_bound_reads_nothing():
 
 def test_journal_flags_round_trip_and_leave_the_json_alone():
     r = record(committing=True)
-    data = r.header_bytes(4096)
+    data = r.header_bytes(4096, KEY, 42)
     back = R.PatchRecord.from_header(data)
     assert back.committing and not back.reverting and R.interrupted(back)
     back.committing, back.reverting = False, True
     assert back.flags() == R.FLAG_REVERTING
-    assert data[R.JSON_OFFSET:] == record(committing=False).header_bytes(4096)[R.JSON_OFFSET:]
+    assert data[R.JSON_OFFSET:] == record(committing=False).header_bytes(4096, KEY, 42)[R.JSON_OFFSET:]
 
 
 def test_a_pending_header_is_no_record():
     head = R.pending_header(3, 8192)
     assert head.startswith(R.MAGIC) and len(head) == R.JSON_OFFSET and b"hotpatch:3" in head
     assert R.PatchRecord.from_header(head + bytes(64)) is None
+
+
+def test_the_authentication_code_binds_body_image_process_and_key():
+    r = record()
+    data = r.header_bytes(4096, KEY, 42)
+    (length,) = R._LEN.unpack_from(data, R.LENGTH_OFFSET)
+    body, code = data[R.JSON_OFFSET:R.JSON_OFFSET + length], data[R.JSON_OFFSET + length:][:hostkey.TAG_SIZE]
+    assert hostkey.matches(KEY, 42, r.base, body, code)
+    altered = body.replace(b'"saved": "f30f1efa55"', b'"saved": "cccccccccc"')
+    assert altered != body and not hostkey.matches(KEY, 42, r.base, altered, code)   # saved bytes changed
+    assert not hostkey.matches(KEY, 43, r.base, body, code)                          # another process
+    assert not hostkey.matches(KEY, 42, r.base + 4096, body, code)                   # moved
+    assert not hostkey.matches(bytes(32), 42, r.base, body, code)                    # another host
+    assert not hostkey.matches(None, 42, r.base, body, code)                         # no key here
+
+
+def test_the_key_is_made_once_and_readable_by_its_owner_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOTPATCH_KEY_FILE", str(tmp_path / "sub" / "record.key"))
+    assert hostkey.load() is None
+    key = hostkey.load(create=True)
+    assert len(key) == 32 and hostkey.load() == key and hostkey.load(create=True) == key
+    assert (tmp_path / "sub" / "record.key").stat().st_mode & 0o777 == 0o600

@@ -10,7 +10,8 @@ from hotpatch.live.transaction import Transaction
 
 
 class Alive:
-    """What abort() asks of the process: is it alive, and a scope where waits are not cut short."""
+    """What abort() asks of the process: is it alive, a scope where waits are not cut short, and the
+    threads a remote call could not give their registers back (none here)."""
 
     def __init__(self, alive: bool = True):
         self.pid, self._alive = 4242, alive
@@ -20,6 +21,9 @@ class Alive:
 
     def uninterruptible(self):
         return contextlib.nullcontext()
+
+    def remote_left_parked(self) -> set:
+        return set()
 
 
 def test_undo_runs_newest_first_and_past_a_failure():

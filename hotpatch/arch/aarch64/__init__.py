@@ -44,9 +44,11 @@ class AArch64(Arch):
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
     trap_insn = call.TRAP_INSN
+    return_loop = call.RETURN_LOOP
     breakpoint_writes = staticmethod(debug.breakpoint_writes)
     clear_writes = staticmethod(debug.clear_writes)
     hijack_for_call = staticmethod(call.hijack_for_call)
+    hijack_parked_call = staticmethod(call.hijack_parked_call)
     returned_at = staticmethod(call.returned_at)
     call_result = staticmethod(call.call_result)
     unwind_registers = staticmethod(unwind.registers)
