@@ -29,6 +29,7 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 
 from hotpatch.elf.image import PT_LOAD, ElfImage, ProgramHeader, load_bias, parse_ehdr, read_phdrs
+from hotpatch.elf.sections import section_data
 from hotpatch.errors import ELFFormatError
 
 PT_GNU_EH_FRAME = 0x6474E550
@@ -437,7 +438,7 @@ def _debug_frame_of(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             section = ELFFile(f).get_section_by_name(".debug_frame")
-            return section.data() if section is not None else None
+            return section_data(section, path) if section is not None else None
     except (OSError, ELFError, ValueError, KeyError, IndexError, AssertionError) as e:
         raise ELFFormatError(f"cannot read .debug_frame of {path}: {e}") from e
 

@@ -9,6 +9,7 @@ import struct
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from hotpatch.elf.sections import section_data
 from hotpatch.errors import ELFFormatError
 
 _SYM = struct.Struct("<IBBHQQ")
@@ -49,7 +50,8 @@ class DynamicSymbols:
 
                 def data(name):
                     sec = elf.get_section_by_name(name)
-                    return sec.data() if sec is not None and sec.header["sh_type"] != "SHT_NOBITS" else None
+                    return (section_data(sec, path) if sec is not None and sec.header["sh_type"] != "SHT_NOBITS"
+                            else None)
                 relas = [d for d in (data(".rela.plt"), data(".rela.dyn")) if d]
                 return cls(data(".dynsym") or b"", data(".dynstr") or b"", data(".gnu.hash"),
                            data(".gnu.version"), relas)

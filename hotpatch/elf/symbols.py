@@ -9,6 +9,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from hotpatch.elf.image import ElfImage
+from hotpatch.elf.sections import check_size, section_data
 from hotpatch.errors import ELFFormatError
 
 DEFAULT_DEBUG_DIRS = ("/usr/lib/debug",)
@@ -43,6 +44,7 @@ def read_elf_symbols(elf: ELFFile, section_name: str) -> list[Symbol]:
     section = elf.get_section_by_name(section_name)
     if section is None or not hasattr(section, "iter_symbols"):
         return []
+    check_size(section, getattr(elf.stream, "name", "an ELF file"))
     out, current_file = [], None
     for sym in section.iter_symbols():
         info = sym["st_info"]
@@ -190,8 +192,8 @@ def functions_named(path: str, names: frozenset[str]) -> list[tuple[str, int, in
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None or symtab["sh_type"] != "SHT_SYMTAB":
                 return None
-            strtab = elf.get_section(symtab["sh_link"]).data()
-            table = symtab.data()
+            strtab = section_data(elf.get_section(symtab["sh_link"]), path)
+            table = section_data(symtab, path)
     except (ELFError, OSError, ValueError) as e:
         raise ELFFormatError(f"cannot read symbols of {path}: {e}") from e
     out = []
