@@ -12,6 +12,7 @@ by someone else, and is left alone; so is a record that fails verification.
 from hotpatch.live import hostkey, records, repair, transition
 from hotpatch.live.undo import code_ranges, free_images, restore
 from hotpatch.live.unwinding import Stacks
+from hotpatch.process import inflight
 from hotpatch.process.attach import Process
 from hotpatch.process.modules import loaded_modules
 from hotpatch.steps import Steps
@@ -20,7 +21,10 @@ from hotpatch.steps import Steps
 def settle(proc: Process, timeout: float) -> list[str]:
     """Repair what an interrupted run left in `proc` (seized, running); a line for each thing done."""
     steps = Steps("settle")
-    done = repair.unpark_threads(proc) + repair.free_pending(proc)
+    marks = inflight.left_behind(proc.pid)   # parked threads are looked for only after a run that died
+    done = repair.unpark_threads(proc) if marks is None or marks else []
+    inflight.forget(marks or [])
+    done += repair.free_pending(proc)
     maps = proc.maps()
     found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
     modules = loaded_modules(proc.pid, maps, proc.mem).modules

@@ -12,7 +12,7 @@ from hotpatch.arch import arch_for_machine
 from hotpatch.arch.base import Arch
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import ELFFormatError, ProcessGone, ThreadGone, TraceError
-from hotpatch.process import parking
+from hotpatch.process import inflight, parking
 from hotpatch.process import ptrace as P
 from hotpatch.process.cgroup import freezer_state
 from hotpatch.process.maps import MapIndex, Mapping, read_maps
@@ -105,6 +105,7 @@ class Process:
         self.threads = threads
         self.mem: Memory | None = None
         self._remote: RemoteSyscalls | None = None
+        self._mark: str | None = None
         self._stacks = bytearray()   # reused stack buffer (see prepare_snapshot)
         self._last_sps: list[int] = []
 
@@ -185,6 +186,8 @@ class Process:
             if self.mem:
                 self.mem.close()
             self.waiter.close()
+            if self._mark is not None and not self.remote_left_parked():
+                inflight.forget([self._mark])   # every borrowed thread has its own registers back
 
     # -- the activeness snapshot ----------------------------------------
     def prepare_snapshot(self, per_thread: int = 8192) -> None:
@@ -257,6 +260,7 @@ class Process:
     # -- system calls made in the process ---------------------------------
     def remote(self) -> RemoteSyscalls:
         if self._remote is None:
+            self._mark = inflight.make(self.pid)   # before any thread is borrowed: see inflight.py
             maps = self.maps()
             gadget = find_syscall_gadget(self.arch, maps, self.mem)
             self._remote = RemoteSyscalls(self.arch, self.threads, gadget, self.mem,
