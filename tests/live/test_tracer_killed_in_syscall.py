@@ -2,12 +2,15 @@
 borrowed registers. It makes the call, parks in a loop with its registers journaled, and the next run
 (`hotpatch gc`) puts them back and unmaps the memory the call mapped (process/parking.py)."""
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 from harness import ROOT, TIME_SCALE, Program, hotpatch
+
+from hotpatch.process import inflight
 
 pytestmark = pytest.mark.arm64
 
@@ -42,6 +45,10 @@ print("not killed")
 """
 
 
+def marks(pid: int) -> list[str]:
+    return [m for m in os.listdir(inflight.directory()) if m.startswith(f"{pid}-")]
+
+
 def mappings(pid: int) -> list[str]:
     with open(f"/proc/{pid}/maps") as f:
         return [line.split()[0] for line in f]
@@ -54,6 +61,7 @@ def test_tracer_killed_during_a_remote_syscall(build, spawn, point):
     tracer = subprocess.run([sys.executable, "-c", TRACER, str(t.pid), point, ROOT],
                             capture_output=True, text=True, timeout=60)
     assert tracer.returncode == -9, tracer.stdout + tracer.stderr
+    assert marks(t.pid), "the killed run left no mark: the next run would not look for its thread"
     deadline = time.monotonic() + 10 * TIME_SCALE
     while mappings(t.pid) == before:            # released, the thread makes the call, then parks
         assert time.monotonic() < deadline, "the released thread never made its system call"
@@ -63,6 +71,7 @@ def test_tracer_killed_during_a_remote_syscall(build, spawn, point):
     assert r.returncode == 0, r.stderr
     assert "registers are restored" in r.stderr and "unmarked image" in r.stderr, r.stderr
     assert mappings(t.pid) == before
+    assert not marks(t.pid)                     # repaired: later runs do not look again
     assert t.ask("compute 5") == "11"           # the main thread runs its own code again
     deadline = time.monotonic() + 10 * TIME_SCALE
     while not t.status("State").startswith("S"):   # back to blocking on stdin, not spinning in the loop
