@@ -50,3 +50,19 @@ def spawn():
     """spawn(argv, ready_prefix="ready") -> harness.Target, stopped after the test."""
     with harness.Targets() as start:
         yield start
+
+
+@pytest.fixture
+def v2_group(request):
+    """A cgroup v2 group of its own (skipped without a writable hierarchy); thawed, emptied and removed after."""
+    from hotpatch.process.cgroup import cgroup2_mount
+    mount = cgroup2_mount()
+    if mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    group = os.path.join(mount, f"hotpatch-test-{os.getpid()}-{request.node.name[-20:]}")
+    os.mkdir(group)
+    yield group
+    harness.write(os.path.join(group, "cgroup.freeze"), "0")
+    for pid in open(os.path.join(group, "cgroup.procs")).read().split():
+        harness.write(os.path.join(mount, "cgroup.procs"), pid)
+    os.rmdir(group)

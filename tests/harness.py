@@ -10,6 +10,7 @@
 - hotpatch(), hotpatch_popen(), paused(), hotpatch_timed(): the CLI, a fresh
   process each time, as a user runs it.
 - Assertion helpers on /proc: mappings_in, image_of, assert_no_wx, decode_jump.
+- The cgroup v2 freezer: write, freeze (the v2_group fixture is in conftest.py).
 
 Importable without pytest (bench/ uses it): `sys.path.insert(0, "<repo>/tests"); import harness`.
 """
@@ -461,3 +462,19 @@ def arch_with_syscalls(**numbers: int):
     from hotpatch.arch import get_arch
     base = type(get_arch(ARCH))
     return type(f"{base.__name__}Probe", (base,), {"syscall_numbers": {**base.syscall_numbers, **numbers}})()
+
+
+# -- the cgroup v2 freezer (the v2_group fixture is in conftest.py) ---------------------------------
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def freeze(group: str, on: bool) -> None:
+    """Freeze or thaw a cgroup v2 group, and wait until the kernel says it is done."""
+    write(os.path.join(group, "cgroup.freeze"), "1" if on else "0")
+    deadline = time.monotonic() + 10 * TIME_SCALE
+    while f"frozen {int(on)}" not in open(os.path.join(group, "cgroup.events")).read():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)   # cgroup.events can be polled, but a poll loop is as good for a test

@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import ROOT, TIME_SCALE, Patch, Program, hotpatch
-from test_frozen_v2 import freeze, v2_group, write  # noqa: F401  (the fixture)
+from harness import ROOT, TIME_SCALE, Patch, Program, freeze, hotpatch, write
 
 pytestmark = pytest.mark.arm64
 TARGET = Program("target.c", "-fPIE", "-pie")
@@ -32,7 +31,7 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def test_frozen_during_a_remote_call(build, spawn, v2_group):  # noqa: F811
+def test_frozen_during_a_remote_call(build, spawn, v2_group):
     t = spawn(build(TARGET))
     write(os.path.join(v2_group, "cgroup.procs"), str(t.pid))
     before = t.maps()

@@ -7,40 +7,11 @@ import os
 import time
 
 import pytest
-from harness import TIME_SCALE, Patch, Program, hotpatch
-
-from hotpatch.process.cgroup import cgroup2_mount
+from harness import TIME_SCALE, Patch, Program, freeze, hotpatch, write
 
 pytestmark = pytest.mark.arm64
 TARGET = Program("target.c", "-fPIE", "-pie")
 FIX = Patch("patch_target.c", TARGET)
-
-
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
-@pytest.fixture
-def v2_group(request):
-    mount = cgroup2_mount()
-    if mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("no writable cgroup v2 hierarchy here")
-    group = os.path.join(mount, f"hotpatch-test-{os.getpid()}-{request.node.name[-20:]}")
-    os.mkdir(group)
-    yield group
-    write(os.path.join(group, "cgroup.freeze"), "0")
-    for pid in open(os.path.join(group, "cgroup.procs")).read().split():
-        write(os.path.join(mount, "cgroup.procs"), pid)
-    os.rmdir(group)
-
-
-def freeze(group, on: bool):
-    write(os.path.join(group, "cgroup.freeze"), "1" if on else "0")
-    deadline = time.monotonic() + 10 * TIME_SCALE
-    while f"frozen {int(on)}" not in open(os.path.join(group, "cgroup.events")).read():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)   # cgroup.events can be polled, but a poll loop is as good for a test
 
 
 def test_frozen_v2_is_refused_and_harmed_not(build, spawn, v2_group):
