@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """SIGKILL sent to hotpatch at a random moment of an apply, or at each of its steps, many times.
 
-    python3 bench/sigkill_trials.py [--who command|executor] [--trials 200] [--seed 1] [--exact]
+    python3 bench/sigkill_trials.py [--who command|executor] [--trials 200] [--seed 1] [--exact] [--next gc|list]
 
 --who command (default) kills the command the user ran (`kill -9`, `timeout -s KILL`); --who executor
 kills the process that traces the target (bench/README: the OOM killer, `pkill -9 -f hotpatch`).
 --exact kills at each step of apply and revert (HOTPATCH_PAUSE_AT) instead of at random moments.
 
-After each kill the next hotpatch run (`hotpatch gc PID`) is made, as an operator would; then the
+After each kill the next hotpatch run (`hotpatch gc PID`, or `list`) is made, as an operator would; then the
 target must be alive, fully patched or fully unpatched (every replaced function's bytes and its
 behaviour), with no image left behind and no thread left traced or stopped. Prints the tally;
 exit status 1 if any target was harmed.
@@ -75,13 +75,16 @@ def traced_or_stopped(pid: int) -> list[str]:
     return bad
 
 
+NEXT_RUN = "gc"
+
+
 def judge(t, entries, original) -> str:
     """After the next run: 'patched', 'unpatched', or the harm done."""
     if not t.alive():
         return f"TARGET DIED (status {t.proc.returncode})"
-    repaired = hotpatch("gc", str(t.pid))   # the next run: it repairs what the killed one left
-    if repaired.returncode != 0:
-        return f"the next run (gc) failed: {repaired.stderr.strip()}"
+    repaired = hotpatch(NEXT_RUN, str(t.pid))   # the next run: it repairs what the killed one left
+    if repaired.returncode != 0 or "could not be repaired" in repaired.stderr:
+        return f"the next run ({NEXT_RUN}) failed: {repaired.stderr.strip()}"
     listed = hotpatch("list", str(t.pid))
     if not t.alive():
         return f"TARGET DIED after list (status {t.proc.returncode})"
@@ -181,7 +184,10 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--exact", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print every trial's outcome")
+    ap.add_argument("--next", choices=("gc", "list"), default="gc", help="the run made after each kill")
     args = ap.parse_args()
+    global NEXT_RUN
+    NEXT_RUN = args.next
     tally = run(args.who, args.trials, args.seed, args.exact, args.verbose)
     total = sum(n for k, n in tally.items() if k != "alive at the end")
     harmed = total - tally.get("patched", 0) - tally.get("unpatched", 0) + 1 - tally.get("alive at the end", 0)

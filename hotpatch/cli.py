@@ -120,7 +120,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
-MUTATING = ("apply", "revert", "gc")
+MUTATING = ("apply", "revert", "gc", "list")   # list repairs what an interrupted run left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,13 +225,18 @@ def run(args) -> int:
              + (f" (patch {', '.join(map(str, report['freed']))})" if report["freed"] else ""))
         warn_kept(report)
     elif args.command == "list":
-        from hotpatch.ops.listing import list_patches, list_pending
+        from hotpatch.ops.listing import list_patches, list_pending, repair_if_interrupted
+        repaired, unrepaired = repair_if_interrupted(args.pid)
+        warn_repaired({"repaired": repaired})
+        if unrepaired:
+            sys.stderr.write(f"hotpatch: warning: what an interrupted run left could not be repaired: {unrepaired}\n")
         patches, pending = list_patches(args.pid), list_pending(args.pid)
         lines = [printable(f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
                            f"functions: {names([f['name'] for f in p['functions']])}") for p in patches]
         lines += [f"  -  pending  image of {p['size']} bytes at {p['base']} mapped by an interrupted apply "
                   "(the next apply, revert or gc unmaps it)" for p in pending]
-        emit(args, {"status": "ok", "pid": args.pid, "patches": patches, "pending": pending},
+        emit(args, {"status": "ok", "pid": args.pid, "patches": patches, "pending": pending,
+                    "repaired": repaired},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
     elif args.command == "build":
         from hotpatch.ops.build import build
@@ -277,7 +282,8 @@ def warn_kept(report: dict) -> None:
         sys.stderr.write(f"hotpatch: warning: {w}\n")
     for u in report["unfreed"]:
         sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']} "
-                         f"({u['reason']}); it is unreachable; `hotpatch revert {pid}` frees it\n")
+                         f"({u['reason']}); it is unreachable; the next hotpatch run on the process frees it "
+                         f"(`hotpatch gc {pid}`)\n")
     for u in report["retired"]:
         sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']}, "
                          f"retired: {u['reason']}; `hotpatch gc {pid}` frees it once nothing points there\n")

@@ -1,10 +1,53 @@
-"""list: the patches applied to a process, read from the process itself (no thread is stopped)."""
+"""list: the patches applied to a process, read from the process itself.
 
-from hotpatch.live import hostkey, records
-from hotpatch.process.attach import check_pid, process_arch
+No thread is stopped, unless an interrupted run left something to repair:
+then list, like any later run, repairs it first (ops/settle.py).
+"""
+
+from hotpatch.errors import HotpatchError
+from hotpatch.live import hostkey, records, sandbox
+from hotpatch.ops.settle import settle
+from hotpatch.process import inflight
+from hotpatch.process.attach import attach, check_pid, process_arch
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
 from hotpatch.process.modules import loaded_modules
+from hotpatch.steps import check_interrupted
+
+
+def repair_if_interrupted(pid: int, timeout: float = 10.0) -> tuple[list[str], str | None]:
+    """(what was repaired, why a repair could not be made) when an interrupted run left a sign;
+    ([], None) at once for a process with none, which stays untouched."""
+    check_pid(pid)
+    if not _signs_of_an_interrupted_run(pid):
+        return [], None
+    try:
+        proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
+        try:
+            sandbox.check_process(proc)
+            return settle(proc, timeout), None
+        finally:
+            proc.close()
+    except HotpatchError as e:
+        return [], e.line()
+
+
+def _signs_of_an_interrupted_run(pid: int) -> bool:
+    marks = inflight.left_behind(pid)
+    if marks is None or marks:
+        return True
+    arch = process_arch(pid)
+    mem = Memory(pid, writable=False)
+    try:
+        maps = read_maps(pid)
+        if records.find_pending(maps, mem):
+            return True
+        modules = loaded_modules(pid, maps, mem).modules
+        return any(not r.retired and records.verify(r, arch, maps, modules) is None
+                   and (records.interrupted(r) or records.state(r, mem) == "inactive")
+                   for r in records.find_records(maps, mem, pid, hostkey.load()))
+    finally:
+        mem.close()
 
 
 def list_patches(pid: int) -> list[dict]:

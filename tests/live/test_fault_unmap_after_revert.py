@@ -1,6 +1,6 @@
 """The image's unmap failing after revert restored the code: the jumps are gone and the
 other threads run again, so the failure cannot undo the revert; revert exits 0 with one
-warning, the image stays mapped (listed inactive), and a later revert frees it."""
+warning, the image stays mapped, and the next run (even a list) frees it."""
 
 import pytest
 from harness import Patch, Program, hotpatch, process_state
@@ -24,6 +24,5 @@ def test_unmap_failing_after_revert_keeps_the_revert_and_a_later_revert_frees(bu
     assert code == original[0] and traced == "0" and maps != original[1]
     assert t.ask("compute 5") == "11"
     listed = hotpatch("list", str(t.pid))
-    assert "inactive" in listed.stdout, listed.stdout
-    assert hotpatch("revert", str(t.pid)).returncode == 0
+    assert "repaired: patch 1" in listed.stderr and "no patches applied" in listed.stdout, listed.stderr
     assert process_state(t, binary, FUNCTIONS) == original

@@ -11,9 +11,9 @@ from harness import ROOT, host_only
 pytestmark = host_only("bench/sigkill_trials.py builds its target and patch itself")
 
 
-@pytest.mark.parametrize("who", ["command", "executor"])
-def test_sigkill_at_every_step(who):
-    r = subprocess.run([sys.executable, "bench/sigkill_trials.py", "--exact", "--who", who],
+@pytest.mark.parametrize("who,next_run", [("command", "gc"), ("executor", "gc"), ("executor", "list")])
+def test_sigkill_at_every_step(who, next_run):
+    r = subprocess.run([sys.executable, "bench/sigkill_trials.py", "--exact", "--who", who, "--next", next_run],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SIGKILL of the {who}, at every step: 15 trials" in r.stdout and "targets harmed: 0" in r.stdout
