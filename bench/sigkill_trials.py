@@ -24,11 +24,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from harness import Builder, Patch, Program, Targets, hotpatch, hotpatch_popen  # noqa: E402
+from harness import Builder, Targets, hotpatch, hotpatch_popen  # noqa: E402
+from sigterm_trials import FIX, FUNCTIONS, TARGET, code_of, report  # noqa: E402
 
-TARGET = Program("target.c", "-fPIE", "-pie")
-FIX = Patch("patch_target.c", TARGET)
-FUNCTIONS = ("compute", "fact", "version")
 # "registered" is reached only in a process with libgcc's unwinder loaded (a C++ program): not this one.
 APPLY_STEPS = ("parsed", "verified", "resolved", "mapped", "filled", "stopping", "stopped", "checked",
                "first-switched", "switched")
@@ -56,10 +54,6 @@ def reap_orphans(known: set[int]) -> None:
     for pid in children_of(os.getpid()):
         if pid not in known:
             os.waitpid(pid, 0)
-
-
-def code_of(t, entries) -> dict:
-    return {f: t.read_mem(a, 32) for f, a in entries.items()}
 
 
 def traced_or_stopped(pid: int) -> list[str]:
@@ -190,14 +184,8 @@ def main():
     NEXT_RUN = args.next
     tally = run(args.who, args.trials, args.seed, args.exact, args.verbose)
     total = sum(n for k, n in tally.items() if k != "alive at the end")
-    harmed = total - tally.get("patched", 0) - tally.get("unpatched", 0) + 1 - tally.get("alive at the end", 0)
-    print(f"SIGKILL of the {args.who}, {'at every step' if args.exact else 'at random moments'}: "
-          f"{total} trials; fully patched: {tally.get('patched', 0)}; fully unpatched: "
-          f"{tally.get('unpatched', 0)}; targets harmed: {harmed}")
-    for k, n in tally.items():
-        if k not in ("patched", "unpatched", "alive at the end"):
-            print(f"  {n} x {k}")
-    sys.exit(1 if harmed else 0)
+    head = f"SIGKILL of the {args.who}, {'at every step' if args.exact else 'at random moments'}: {total} trials;"
+    sys.exit(1 if report(tally, head) else 0)
 
 
 if __name__ == "__main__":

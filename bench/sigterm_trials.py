@@ -89,14 +89,19 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     tally = run(args.trials, args.seed)
+    sys.exit(1 if report(tally, f"random termination trials: {args.trials}; ended") else 0)
+
+
+def report(tally: dict, head: str) -> int:
+    """Print the tally after `head`, and each kind of harm; the number of targets harmed."""
     harmed = sum(n for k, n in tally.items() if k not in ("patched", "unpatched", "alive at the end"))
     harmed += 1 - tally.get("alive at the end", 0)
-    print(f"random termination trials: {args.trials}; ended fully patched: {tally.get('patched', 0)}; "
-          f"fully unpatched: {tally.get('unpatched', 0)}; targets harmed: {harmed}")
+    print(f"{head} fully patched: {tally.get('patched', 0)}; fully unpatched: {tally.get('unpatched', 0)}; "
+          f"targets harmed: {harmed}")
     for k, n in tally.items():
         if k not in ("patched", "unpatched", "alive at the end"):
             print(f"  {n} x {k}")
-    sys.exit(1 if harmed else 0)
+    return harmed
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from hotpatch.errors import (
     EXIT_USAGE,
     HotpatchError,
     UsageError,
+    printable,
 )
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
@@ -38,11 +39,6 @@ def timeout_seconds(text: str) -> float:
     if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT:g} seconds")
     return value
-
-
-def printable(text: str) -> str:
-    """Names read from a process or a patch file, made safe for a terminal: no escapes, no line breaks."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Parser(argparse.ArgumentParser):
@@ -225,12 +221,13 @@ def run(args) -> int:
              + (f" (patch {', '.join(map(str, report['freed']))})" if report["freed"] else ""))
         warn_kept(report)
     elif args.command == "list":
-        from hotpatch.ops.listing import list_patches, list_pending, repair_if_interrupted
-        repaired, unrepaired = repair_if_interrupted(args.pid)
+        from hotpatch.ops.listing import list_process
+        listing = list_process(args.pid)
+        patches, pending, repaired = listing.patches, listing.pending, listing.repaired
         warn_repaired({"repaired": repaired})
-        if unrepaired:
-            sys.stderr.write(f"hotpatch: warning: what an interrupted run left could not be repaired: {unrepaired}\n")
-        patches, pending = list_patches(args.pid), list_pending(args.pid)
+        if listing.unrepaired:
+            sys.stderr.write("hotpatch: warning: what an interrupted run left could not be repaired: "
+                             f"{listing.unrepaired}\n")
         lines = [printable(f"{p['id']:>3}  {p['status']:<8} {p['patch']}  applied {p['applied_at']}  "
                            f"functions: {names([f['name'] for f in p['functions']])}") for p in patches]
         lines += [f"  -  pending  image of {p['size']} bytes at {p['base']} mapped by an interrupted apply "

@@ -31,6 +31,11 @@ EXIT_CODES = {
 }
 
 
+def printable(text: str) -> str:
+    """Names read from a process or a patch file, made safe for a terminal: no escapes, no line breaks."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class HotpatchError(Exception):
     """Root of every error hotpatch reports; `line()` is the one line shown."""
 
@@ -46,7 +51,7 @@ class HotpatchError(Exception):
     def line(self) -> str:
         """One printable line: names from a hostile patch file cannot break it or drive a terminal."""
         text = f"{self.message}; {self.remedy}" if self.remedy else self.message
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return printable(text)
 
 
 # -- usage and input ----------------------------------------------------------

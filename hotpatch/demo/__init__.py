@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_demo(out=sys.stdout) -> int:
     from hotpatch.ops.apply import apply
     from hotpatch.ops.build import build
-    from hotpatch.ops.listing import list_patches
+    from hotpatch.ops.listing import list_process
     from hotpatch.ops.revert import revert
 
     def say(text: str) -> None:
@@ -45,7 +45,7 @@ def run_demo(out=sys.stdout) -> int:
                 f"service stopped for {t['resumed'] - t['stopping']:.2f} ms")
             patched = ask("carol")
             say(f"4. hotpatch list {proc.pid}")
-            for p in list_patches(proc.pid):
+            for p in list_process(proc.pid).patches:
                 say(f"   {p['id']}  {p['status']}  {p['patch']}  {', '.join(f['name'] for f in p['functions'])}")
             say(f"5. hotpatch revert {proc.pid}")
             revert(proc.pid)

@@ -247,11 +247,6 @@ def find_records(maps: list[Mapping], mem: Memory, pid: int = 0, key: bytes | No
     return sorted(records, key=lambda r: r.id)
 
 
-def is_active(record: PatchRecord, mem: Memory) -> bool:
-    """Every site still holds the jump this record wrote."""
-    return state(record, mem) == "active"
-
-
 def state(record: PatchRecord, mem: Memory) -> str:
     """What its sites hold: "active" (every jump), "inactive" (every saved byte: never switched, or
     switched back), "partial" (some of each: a run cut between two sites) or "superseded" (another's)."""

@@ -35,13 +35,13 @@ def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps, cut_short: boo
     try:
         for r in chosen:
             current = [mem.read(f.site, len(f.written) // 2).hex() for f in r.functions]
-            for c, f in zip(current, r.functions):
-                if c != f.written and not (c == f.saved and (cut_short or all(
-                        c2 == f2.saved for c2, f2 in zip(current, r.functions)))):
+            jumps = [c == f.written for c, f in zip(current, r.functions)]
+            for c, f, jump in zip(current, r.functions, jumps):
+                if not jump and (c != f.saved or (any(jumps) and not cut_short)):
                     raise PatchMismatch(f"{f.name} at {f.entry:#x} was modified after patch {r.id} was "
                                         "applied; not reverting", "inspect the process")
-            for c, f in zip(current, r.functions):
-                if c == f.written:
+            for f, jump in zip(r.functions, jumps):
+                if jump:
                     mem.write(f.site, bytes.fromhex(f.saved))
                     written.append(f)
                     if len(written) == 1:

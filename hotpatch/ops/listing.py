@@ -4,6 +4,8 @@ No thread is stopped, unless an interrupted run left something to repair:
 then list, like any later run, repairs it first (ops/settle.py).
 """
 
+from dataclasses import dataclass, field
+
 from hotpatch.errors import HotpatchError
 from hotpatch.live import hostkey, records, sandbox
 from hotpatch.ops.settle import settle
@@ -15,12 +17,27 @@ from hotpatch.process.modules import loaded_modules
 from hotpatch.steps import check_interrupted
 
 
-def repair_if_interrupted(pid: int, timeout: float = 10.0) -> tuple[list[str], str | None]:
-    """(what was repaired, why a repair could not be made) when an interrupted run left a sign;
-    ([], None) at once for a process with none, which stays untouched."""
+@dataclass
+class Listing:
+    patches: list[dict]
+    pending: list[dict]        # images an interrupted apply mapped and never filled
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: str | None = None   # why what an interrupted run left could not be repaired
+
+
+def list_process(pid: int, timeout: float = 10.0) -> Listing:
+    """What the process holds; read once when nothing says a run was interrupted, else repaired and read again."""
     check_pid(pid)
-    if not _signs_of_an_interrupted_run(pid):
-        return [], None
+    listing, signs = _read(pid)
+    if not signs:
+        return listing
+    repaired, unrepaired = _repair(pid, timeout)
+    listing, _ = _read(pid)
+    listing.repaired, listing.unrepaired = repaired, unrepaired
+    return listing
+
+
+def _repair(pid: int, timeout: float) -> tuple[list[str], str | None]:
     try:
         proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
         try:
@@ -32,58 +49,36 @@ def repair_if_interrupted(pid: int, timeout: float = 10.0) -> tuple[list[str], s
         return [], e.line()
 
 
-def _signs_of_an_interrupted_run(pid: int) -> bool:
+def _read(pid: int) -> tuple[Listing, bool]:
+    """(the listing, whether an interrupted run left a sign: a mark left behind, a pending image, a
+    record journaled as under way or with no jump standing)."""
     marks = inflight.left_behind(pid)
-    if marks is None or marks:
-        return True
-    arch = process_arch(pid)
-    mem = Memory(pid, writable=False)
-    try:
-        maps = read_maps(pid)
-        if records.find_pending(maps, mem):
-            return True
-        modules = loaded_modules(pid, maps, mem).modules
-        return any(not r.retired and records.verify(r, arch, maps, modules) is None
-                   and (records.interrupted(r) or records.state(r, mem) == "inactive")
-                   for r in records.find_records(maps, mem, pid, hostkey.load()))
-    finally:
-        mem.close()
-
-
-def list_patches(pid: int) -> list[dict]:
-    check_pid(pid)
     arch = process_arch(pid)
     mem = Memory(pid, writable=False)
     try:
         maps = read_maps(pid)
         modules = loaded_modules(pid, maps, mem).modules
-        out = []
+        patches, signs = [], marks is None or bool(marks)
         for r in records.find_records(maps, mem, pid, hostkey.load()):
             reason = records.verify(r, arch, maps, modules)
             status = "unverifiable" if reason else "retired" if r.retired else _status(r, mem)
-            out.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
-                        "status": status, **({"unverifiable": reason} if reason else {}),
-                        "image": {"base": hex(r.base), "size": r.size},
-                        "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
-                                      for f in r.functions]})
-        return out
+            signs = signs or (reason is None and not r.retired
+                              and (records.interrupted(r) or status == "inactive"))
+            patches.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
+                            "status": status, **({"unverifiable": reason} if reason else {}),
+                            "image": {"base": hex(r.base), "size": r.size},
+                            "functions": [{"name": f.name, "entry": hex(f.entry), "new": hex(f.new)}
+                                          for f in r.functions]})
+        pending = [{"base": hex(base), "size": size} for base, size in records.find_pending(maps, mem)]
+        return Listing(patches, pending), signs or bool(pending)
     finally:
         mem.close()
 
 
 def _status(record: records.PatchRecord, mem: Memory) -> str:
-    """active; inactive (no jump stands: the next apply, revert or gc frees it); interrupted (a killed
-    run wrote some of its sites: the next one rolls it back); modified (by someone else)."""
+    """active; inactive (no jump stands: the next run frees it); interrupted (a killed run wrote some
+    of its sites: the next one rolls it back); modified (by someone else)."""
     state = records.state(record, mem)
     if state == "partial":
         return "interrupted" if records.interrupted(record) else "modified"
     return "active" if state == "superseded" else state
-
-
-def list_pending(pid: int) -> list[dict]:
-    """Images an interrupted apply mapped and never filled (the next apply, revert or gc unmaps them)."""
-    mem = Memory(pid, writable=False)
-    try:
-        return [{"base": hex(base), "size": size} for base, size in records.find_pending(read_maps(pid), mem)]
-    finally:
-        mem.close()

@@ -13,6 +13,8 @@ can be kept, every run looks.
 import contextlib
 import os
 
+from hotpatch.process.threads import stat_after_comm
+
 
 def directory() -> str:
     if os.geteuid() == 0:
@@ -23,12 +25,8 @@ def directory() -> str:
 
 def _process_key(pid: int) -> str | None:
     """pid and start time (field 22 of /proc/PID/stat): one process, never a later one with its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return f"{pid}-{int(stat[stat.rindex(b')') + 2:].split()[19])}"
+    fields = stat_after_comm(f"/proc/{pid}/stat")
+    return None if fields is None else f"{pid}-{int(fields.split()[19])}"
 
 
 def left_behind(pid: int) -> list[str] | None:

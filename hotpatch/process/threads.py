@@ -50,15 +50,21 @@ def list_tids(pid: int) -> list[int]:
         raise ProcessGone(f"process {pid} exited") from e
 
 
-def thread_count(pid: int) -> int | None:
-    """num_threads from /proc/PID/stat (threads not yet reaped included)."""
+def stat_after_comm(path: str) -> bytes | None:
+    """A /proc .../stat line from field 3 on (the command name, field 2, may hold spaces and
+    parentheses); None if it cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    # Field 20; the command name (field 2) may hold spaces and parentheses.
-    return int(stat[stat.rindex(b")") + 2:].split(None, 18)[17])
+    return stat[stat.rindex(b")") + 2:]
+
+
+def thread_count(pid: int) -> int | None:
+    """num_threads from /proc/PID/stat, field 20 (threads not yet reaped included)."""
+    fields = stat_after_comm(f"/proc/{pid}/stat")
+    return None if fields is None else int(fields.split(None, 18)[17])
 
 
 def running_threads(pid: int, tids) -> set[int]:
