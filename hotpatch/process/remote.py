@@ -115,20 +115,19 @@ class RemoteSyscalls:
         nr = arch.syscall_numbers[name]
         deadline = time.monotonic() + threads.stop_timeout
         own = [saved]   # the thread's own registers: what they are after a signal it took meanwhile
+        parked = self.parking is not None and self.mem is not None
         with threads.stepping(tid):
             try:
-                if self.parking is not None and self.mem is not None:
-                    result = self._parked(tid, nr, args6, own, deadline, mark)
-                    if result is not None:
-                        self.count += 1
-                        return result
-                result = self._stepped(tid, nr, args6, own, deadline)
-                if mark is not None:
-                    mark(result)
+                result = self._parked(tid, nr, args6, own, deadline, mark) if parked else None
+                if result is None:   # no parking gadget, or no room for the journal on its stack
+                    parked = False
+                    result = self._stepped(tid, nr, args6, own, deadline)
+                    if mark is not None:
+                        mark(result)
             except ThreadGone as e:
                 raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
             finally:
-                self._restore(tid, own[0], parked=self.parking is not None)
+                self._restore(tid, own[0], parked=parked)
         self.count += 1
         return result
 
