@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from harness import Builder, Targets, hotpatch, hotpatch_popen  # noqa: E402
+from harness import Builder, Targets, children_of, hotpatch, hotpatch_popen  # noqa: E402
 from sigterm_trials import FIX, FUNCTIONS, TARGET, code_of, report  # noqa: E402
 
 # "registered" is reached only in a process with libgcc's unwinder loaded (a C++ program): not this one.
@@ -33,20 +33,6 @@ APPLY_STEPS = ("parsed", "verified", "resolved", "mapped", "filled", "stopping",
 REVERT_STEPS = ("stopping", "stopped", "checked", "first-restored", "unmapping")
 PR_SET_CHILD_SUBREAPER = 36
 SETTLE_TIMEOUT = 30.0
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def reap_orphans(known: set[int]) -> None:

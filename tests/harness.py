@@ -350,6 +350,21 @@ def hotpatch_popen(*args: str, env=None) -> subprocess.Popen:
                             cwd=ROOT)
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the executor of a running CLI command)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 @contextlib.contextmanager
 def paused(*args: str, at: str):
     """Run the CLI held at step `at` (HOTPATCH_PAUSE_AT): the body runs while it waits there;

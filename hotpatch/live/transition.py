@@ -75,26 +75,28 @@ def _stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Step
         if time.monotonic() + delay >= deadline:
             proc.resume_all()
             raise busy_error(proc, busy, stacks, timeout, attempts)
-        if same >= CATCH_AFTER and busy.catch_at is not None and catch_leaving(proc, busy, deadline):
+        if same >= CATCH_AFTER and busy.catch_at is not None and catch_leaving(proc, busy, deadline, steps):
             continue   # it is held outside them: stop the others and check again, at once
         proc.resume_all()
         time.sleep(delay)
         delay = min(delay * 2, MAX_DELAY)
 
 
-def catch_leaving(proc: Process, busy: BusyThread, deadline: float) -> bool:
+def catch_leaving(proc: Process, busy: BusyThread, deadline: float, steps: Steps) -> bool:
     """A thread that polling keeps finding inside: stop it as it returns from the outermost guarded frame.
 
     A hardware execution breakpoint on that return address, in that thread
     only (no code is modified, no other thread disturbed), while the process
     runs; True when it fired (the thread is held there). The breakpoint is
-    disarmed on every path: left armed, it would trap with no tracer.
+    disarmed on every path: left armed, it would trap with no tracer (and if
+    hotpatch is killed meanwhile, the kernel removes it: process/perfbp.py).
     """
     if not proc.catch(busy.tid, busy.catch_at):
         return False   # no slot, or the kernel refused: keep polling
     caught = False
     try:
         proc.resume_all()
+        steps.mark("catching")
         caught = proc.wait_caught(busy.tid, deadline)
     finally:
         with proc.uninterruptible():   # a termination request must not leave it armed

@@ -34,6 +34,7 @@ PTRACE_O_TRACECLONE = 0x8
 PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_STOP = 128
 NT_PRSTATUS = 1
+SIGINFO_SIZE = 128
 WALL = 0x40000000
 
 STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
@@ -171,6 +172,13 @@ def get_event_msg(tid: int) -> int:
     value = ctypes.c_ulong()
     _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))
     return value.value
+
+
+def get_siginfo(tid: int) -> bytes:
+    """The siginfo_t of the signal a thread in signal-delivery-stop is about to take."""
+    buf = ctypes.create_string_buffer(SIGINFO_SIZE)
+    _call(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(buf))
+    return buf.raw
 
 
 def get_regs(tid: int, regs_type):

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hotpatch.errors import ProcessGone, ThreadGone, TraceError
+from hotpatch.process import perfbp
 from hotpatch.process import ptrace as P
 
 RUNNING, STOPPED = "running", "stopped"
 STOP_CHUNK = 64   # threads interrupted between two reaps
 _INTERRUPT_STOP = P.PTRACE_EVENT_STOP << 8 | signal.SIGTRAP   # wait status >> 8 of an interrupt stop
+COOKIE_TAG = 0x6870 << 48   # "hp": the sig_data of this session's breakpoints, numbered below it
+SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Tracee:
     raw_regs: bytes = b""       # and the registers themselves, when keep_registers is set
     watch: int | None = None    # an armed execution breakpoint's address (catch())
     caught: bool = False        # it fired: held at `watch`, its SIGTRAP not delivered
+    catch_fd: int | None = None  # the perf event holding it; None: the thread's debug registers do
+    cookie: int = 0             # the sig_data its perf SIGTRAP carries
     in_clone: bool = False      # held in its clone event: inside clone(), whose result is not yet in its registers
 
 
@@ -112,6 +117,7 @@ class ThreadGroup:
         self.running_hint: set[int] = set()
         self.partial = False   # some threads already detached: do not look for new ones
         self.signals_passed = 0
+        self.cookies: set[int] = set()   # of every breakpoint armed: a late SIGTRAP of one is never delivered
 
     # -- attach ---------------------------------------------------------
     def seize_all(self) -> None:
@@ -502,16 +508,18 @@ class ThreadGroup:
         elif event or sig == signal.SIGTRAP | 0x80:   # a system-call stop left by an abandoned remote call
             self._stopped(t)
         else:
-            if sig == signal.SIGTRAP and t.watch is not None and self._at_watch(t):
+            ours = sig == signal.SIGTRAP and self._our_trap(t)
+            if ours == "caught":
                 # Our breakpoint: the thread stays stopped there, the trap is never delivered.
                 t.caught = True
                 t.hold = True
                 self._stopped(t)
                 return
-            # Signal-delivery-stop: hand the signal back to the kernel now.
-            self.signals_passed += 1
+            # Signal-delivery-stop: hand the signal back to the kernel now (a late trap of ours: none).
+            if not ours:
+                self.signals_passed += 1
             try:
-                P.cont(tid, sig)
+                P.cont(tid, 0 if ours else sig)
             except ThreadGone:
                 self._drop(tid)
                 return
@@ -520,7 +528,22 @@ class ThreadGroup:
             if t.hold:
                 self._interrupt(t)
 
+    def _our_trap(self, t: Tracee) -> str | None:
+        """For a SIGTRAP: "caught" if it is this thread's armed breakpoint, "late" for one of ours
+        disarmed since, None if it is not ours (the program's own, to be delivered)."""
+        if self.cookies:
+            try:
+                cookie = perfbp.perf_trap_cookie(P.get_siginfo(t.tid))
+            except ThreadGone:
+                return None
+            if cookie in self.cookies:
+                return "caught" if t.watch is not None and cookie == t.cookie else "late"
+        if t.watch is not None and t.catch_fd is None and self._at_watch(t):
+            return "caught"
+        return None
+
     def _at_watch(self, t: Tracee) -> bool:
+        """A debug-register breakpoint's trap: rip (pc) on its address."""
         if self._regs is None or self._thread_view is None:
             return False
         try:
@@ -530,21 +553,46 @@ class ThreadGroup:
 
     # -- catching a thread as it leaves a function ------------------------
     def catch(self, tid: int, address: int, writes) -> None:
-        """Arm an execution breakpoint at `address` in (stopped) thread `tid` only."""
+        """Arm an execution breakpoint at `address` in (stopped) thread `tid` only.
+
+        A perf event when the kernel allows it (dies with hotpatch), else the
+        thread's debug registers `writes` (these outlive a killed tracer).
+        """
         t = self.tracees[tid]
-        P.apply_writes(tid, writes)
-        t.watch, t.caught = address, False
+        cookie = COOKIE_TAG | (len(self.cookies) + 1)
+        fd = perfbp.open_breakpoint(tid, address, cookie)
+        if fd is None:
+            P.apply_writes(tid, writes)
+        else:
+            self.cookies.add(cookie)
+        t.watch, t.caught, t.catch_fd, t.cookie = address, False, fd, cookie
 
     def release_catch(self, tid: int, writes) -> None:
         """Disarm it (the thread must be stopped): never left armed, it would trap with no tracer."""
         t = self.tracees.get(tid)
         if t is None or t.watch is None:
             return
+        caught, fd = t.caught, t.catch_fd
+        t.watch, t.caught, t.catch_fd = None, False, None
         try:
-            P.apply_writes(tid, writes)
+            if fd is not None:
+                perfbp.close_breakpoint(fd)
+                if not caught:
+                    self._take_late_trap(t)
+            else:
+                P.apply_writes(tid, writes)
         except ThreadGone:
             self._drop(tid)
-        t.watch, t.caught = None, False
+
+    def _take_late_trap(self, t: Tracee) -> None:
+        """A hit just before the thread stopped leaves its SIGTRAP pending (the kernel queues it on the
+        way out of the trap, before any ptrace stop): let the thread take it here, where it is swallowed,
+        never after detach, where it would kill the process."""
+        if not P.deliverable_signals(self.pid, t.tid) & SIGTRAP_BIT:
+            return
+        self._resume(t)   # it stops at once for the SIGTRAP; _on_event swallows it and interrupts it
+        self._pump_until(lambda: t.state == STOPPED or t.tid not in self.tracees,
+                         time.monotonic() + self.stop_timeout, "stop")
 
     def wait_caught(self, tid: int, deadline: float) -> bool:
         """Let everything run until thread `tid` hits its breakpoint (True) or the deadline (False)."""
