@@ -13,6 +13,12 @@ tracer recognises by both, never by the program counter (AArch64 steps over a
 perf breakpoint, so pc need not be on the address). sigtrap needs Linux 5.13;
 older kernels, and perf_event_paranoid refusing an unprivileged caller, make
 open() return None: the caller falls back to the thread's debug registers.
+
+AArch64 steps a thread over a perf breakpoint it hit: the kernel disables the
+thread's breakpoints and arms a single step, and re-enables them only from that
+step's exception. A tracer's PTRACE_CONT or PTRACE_DETACH cancels the step, and
+the thread's hardware breakpoints (ours, a debugger's) would stay off for good:
+such a thread is resumed with PTRACE_SINGLESTEP until it has moved (STEPS_OVER).
 """
 
 import ctypes
@@ -29,6 +35,7 @@ EXCLUDE_KERNEL, EXCLUDE_HV, REMOVE_ON_EXEC, SIGTRAP = 1 << 5, 1 << 6, 1 << 36, 1
 ATTR_SIZE = 128                     # PERF_ATTR_SIZE_VER7: the first with sig_data
 SIG_DATA_OFFSET = 120
 SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+STEPS_OVER = platform.machine() == "aarch64"
 
 # siginfo_t of SIGTRAP: signo, errno, code, pad; then _sigfault: addr, and its _perf: data, type
 SIGINFO = struct.Struct("<iii4xQQI")

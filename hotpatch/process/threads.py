@@ -45,6 +45,7 @@ class Tracee:
     caught: bool = False        # it fired: held at `watch`, its SIGTRAP not delivered
     catch_fd: int | None = None  # the perf event holding it; None: the thread's debug registers do
     cookie: int = 0             # the sig_data its perf SIGTRAP carries
+    step_from: int | None = None  # hit a perf breakpoint here (AArch64): resumed by single-step until it moves
     in_clone: bool = False      # held in its clone event: inside clone(), whose result is not yet in its registers
 
 
@@ -253,6 +254,7 @@ class ThreadGroup:
                 # Short: a thread that cannot stop (frozen) already cost one full
                 # timeout; whatever stays attached, the kernel detaches when we exit.
                 self.stop_all(timeout=min(self.stop_timeout, 1.0))
+            self._finish_steps_over()
         finally:
             P.detach_each([t.tid for t in self._resume_order() if t.tid != keep])
             kept = self.tracees.get(keep)
@@ -439,6 +441,37 @@ class ThreadGroup:
                 t.raw_regs = bytes(regs)
         except ThreadGone:
             self._drop(t.tid)
+            return
+        if t.step_from is not None and t.view[0][0] != t.step_from:
+            t.step_from = None   # it moved: the step was taken, its breakpoints are on again
+
+    def _pc(self, t: Tracee) -> int | None:
+        if self._regs is None or self._thread_view is None:
+            return None
+        try:
+            return self._thread_view(self._regs.read(t.tid))[0][0]
+        except ThreadGone:
+            return None
+
+    def _finish_steps_over(self) -> None:
+        """Before detach (which cancels a single step): every thread that hit a perf breakpoint takes
+        the kernel's step over it. A single-step that completes is not reported (the kernel consumes
+        it), so the thread is stopped again and looked at until it has moved."""
+        for t in [t for t in self.tracees.values() if t.step_from is not None]:
+            deadline = time.monotonic() + min(self.stop_timeout, 1.0)
+            pause = 0.0005
+            while t.step_from is not None and t.tid in self.tracees and time.monotonic() < deadline:
+                t.hold = True
+                if t.state == STOPPED:
+                    self._resume(t)
+                time.sleep(pause)   # an interrupt seen before it returns to user space stops it unmoved
+                pause = min(pause * 2, 0.05)
+                if t.state != STOPPED and not t.interrupted:
+                    self._interrupt(t)
+                try:
+                    self._pump_until(lambda: t.state == STOPPED or t.tid not in self.tracees, deadline, "stop")
+                except TraceError:
+                    break   # it cannot stop again (frozen): detach it as it is
 
     # -- events ---------------------------------------------------------
     def _interrupt(self, t: Tracee) -> None:
@@ -452,6 +485,8 @@ class ThreadGroup:
         try:
             if t.group_stop:
                 P.listen(t.tid)
+            elif t.step_from is not None:
+                P.singlestep(t.tid)   # the kernel completes its step over our breakpoint, then it runs on
             else:
                 P.cont(t.tid)
             self._set_state(t, RUNNING)
@@ -519,7 +554,10 @@ class ThreadGroup:
             if not ours:
                 self.signals_passed += 1
             try:
-                P.cont(tid, 0 if ours else sig)
+                if t.step_from is not None:   # the kernel's step over our breakpoint is due (perfbp.py)
+                    P.singlestep(tid, 0 if ours else sig)
+                else:
+                    P.cont(tid, 0 if ours else sig)
             except ThreadGone:
                 self._drop(tid)
                 return
@@ -537,6 +575,8 @@ class ThreadGroup:
             except ThreadGone:
                 return None
             if cookie in self.cookies:
+                if perfbp.STEPS_OVER:
+                    t.step_from = self._pc(t)
                 return "caught" if t.watch is not None and cookie == t.cookie else "late"
         if t.watch is not None and t.catch_fd is None and self._at_watch(t):
             return "caught"
@@ -544,12 +584,7 @@ class ThreadGroup:
 
     def _at_watch(self, t: Tracee) -> bool:
         """A debug-register breakpoint's trap: rip (pc) on its address."""
-        if self._regs is None or self._thread_view is None:
-            return False
-        try:
-            return self._thread_view(self._regs.read(t.tid))[0][0] == t.watch
-        except ThreadGone:
-            return False
+        return self._pc(t) == t.watch
 
     # -- catching a thread as it leaves a function ------------------------
     def catch(self, tid: int, address: int, writes) -> None:
