@@ -64,7 +64,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="compile patch sources for a binary", epilog=EPILOG,
                        formatter_class=fmt)
-    b.add_argument("sources", nargs="+", metavar="SOURCE.c")
+    b.add_argument("sources", nargs="*", metavar="SOURCE.c")
+    b.add_argument("--diff", action="append", default=[], metavar="FIX.patch",
+                   help="build the patch from a fix: unified diff(s) against --source")
+    b.add_argument("--source", metavar="SRCDIR", help="with --diff: the source the binary was built from")
+    b.add_argument("--build", metavar="COMMAND", help="with --diff: the project's build command "
+                   "(default: recognised from Makefile, configure, CMakeLists.txt, meson.build)")
+    b.add_argument("--strip", type=int, default=1, metavar="N", help="with --diff: as patch -pN (default 1)")
+    b.add_argument("--keep-tree", metavar="DIR", help="with --diff: build in DIR and keep it")
     b.add_argument("--target", required=True, metavar="BINARY", help="the binary the process runs")
     b.add_argument("-o", "--output", required=True, help="patch file to write")
     b.add_argument("--cflags", default="", help="extra compiler flags (compiler: $CC, default gcc)")
@@ -235,8 +242,21 @@ def run(args) -> int:
         emit(args, {"status": "ok", "pid": args.pid, "patches": patches, "pending": pending,
                     "repaired": repaired},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
+    elif args.command == "build" and args.diff:
+        from hotpatch.ops.build_diff import build_diff
+        if args.sources or not args.source:
+            raise UsageError("build --diff takes --source SRCDIR and no patch sources")
+        meta = build_diff(args.diff, args.source, args.target, args.output, args.build, args.strip,
+                          args.keep_tree)
+        emit(args, {"status": "built", "output": args.output, "replaces": [f.name for f in meta.replace],
+                    "new": meta.new_functions, "external": meta.external, "sources": meta.sources},
+             f"built {args.output}: replaces {names([f.name for f in meta.replace])}"
+             f"{'; new ' + names(meta.new_functions) if meta.new_functions else ''} in "
+             f"{os.path.basename(meta.target_path)} (build-id {meta.target_build_id[:16]}…)")
     elif args.command == "build":
         from hotpatch.ops.build import build
+        if not args.sources:
+            raise UsageError("build needs patch sources (SOURCE.c ...) or --diff FIX.patch --source SRCDIR")
         picks = {}
         for item in args.pick:
             name, sep, file = item.partition("=")

@@ -8,6 +8,7 @@ bind to the binary (static ones included).
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
+FILE_LOCAL = re.compile(r"(.+) \((.+)\)")
 # -ffunction-sections keeps each function apart for the linker; unwind
 # tables let unwinders (hotpatch's activeness check first) walk patch frames.
 BASE_CFLAGS = ["-c", "-O2", "-fPIC", "-fno-common", "-ffunction-sections", "-fdata-sections",
@@ -147,7 +149,12 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                  f"gets its own copy; declare it `extern` to use the binary's")
     binary_symbols, external = {}, []
     for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name} - {GOT_SYMBOL}):
-        sym = pick_binary_symbol(table, name, ("func", "object", "notype", "ifunc", "tls"), picks)
+        local = FILE_LOCAL.fullmatch(name)   # `counter (a.c)`: a.c's file-local counter (build --diff)
+        base, choose = (local[1], {local[1]: local[2]}) if local else (name, picks)
+        sym = pick_binary_symbol(table, base, ("func", "object", "notype", "ifunc", "tls"), choose)
+        if sym is None and local:
+            raise SymbolNotFound(f"the binary has no {local[1]} in {local[2]}",
+                                 "is the binary built from this source?")
         if sym is None:
             external.append(name)
         elif sym.kind == "tls":

@@ -1,0 +1,295 @@
+"""`hotpatch build --diff`: from a fix (unified diffs) and the source of a running binary, a patch file.
+
+The source tree is copied (the user's is never touched) and built once with
+the project's own build command, the compiler wrapped: it adds function and
+data sections and unwind tables, and logs each compile. The diffs are then
+applied and the build run again, so only what they touch recompiles (the build
+system's own dependencies decide). For each translation unit recompiled, the
+original object is compiled from the same command line with the diffs taken
+back out, and the two objects are compared (diff/compare.py); what changed is
+extracted into one object (diff/extract.py) and goes through the same checks
+and encoding as a hand-written patch (ops/build.py).
+"""
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from hotpatch import patchfile
+from hotpatch.arch import arch_for_machine
+from hotpatch.diff.compare import Unit, compare, normal_name
+from hotpatch.diff.extract import extract
+from hotpatch.elf.image import ElfImage
+from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
+from hotpatch.elf.symbols import SymbolTable, load_symbol_table
+from hotpatch.errors import ELFFormatError, InvalidPatch, PatchMismatch, UsageError
+from hotpatch.link.linker import plan_layout
+from hotpatch.ops.build import analyse, pick_compiler
+
+SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fasynchronous-unwind-tables"]
+SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".c++")
+WRAPPER = """#!/bin/sh
+# hotpatch build --diff: the compiler with one section per function and object, each compile logged
+real=%(real)s
+case " $* " in
+  *" -c "*) if [ -n "$HOTPATCH_CC_LOG" ]; then
+              record=$(mktemp "$HOTPATCH_CC_LOG/cc.XXXXXX") && printf '%%s\\0' "$PWD" "$real" "$@" > "$record"
+            fi ;;
+esac
+exec "$real" "$@" %(flags)s
+"""
+
+
+@dataclass
+class Compile:
+    cwd: str
+    argv: list[str]        # the real compiler, then the build's own arguments
+    source: str
+    output: str
+
+
+def build_diff(diffs: list[str], source: str, binary: str, output: str, build_cmd: str | None = None,
+               strip: int = 1, keep_tree: str | None = None, warn=None) -> patchfile.PatchMeta:
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    for d in diffs:
+        if not os.path.isfile(d):
+            raise UsageError(f"diff {d} does not exist")
+    if not os.path.isdir(source):
+        raise UsageError(f"source directory {source} does not exist")
+    if not os.path.isfile(binary):
+        raise UsageError(f"binary {binary} does not exist")
+    try:
+        image = ElfImage.from_path(binary)
+        table = load_symbol_table(binary)
+    except (ELFFormatError, OSError) as e:
+        raise InvalidPatch(f"{binary} is not a readable ELF binary: {e}") from e
+    if not image.build_id:
+        raise InvalidPatch(f"{binary} has no build-id, so a patch cannot be tied to it")
+    arch = arch_for_machine(image.ehdr.e_machine)
+    diffs = [os.path.abspath(d) for d in diffs]
+    if keep_tree:
+        if os.path.exists(keep_tree):
+            raise UsageError(f"--keep-tree {keep_tree} exists already")
+        os.makedirs(keep_tree)
+        return _build(diffs, source, binary, output, build_cmd, strip, os.path.abspath(keep_tree), image,
+                      table, arch, warn)
+    with tempfile.TemporaryDirectory(prefix="hotpatch-diff-") as work:
+        return _build(diffs, source, binary, output, build_cmd, strip, work, image, table, arch, warn)
+
+
+def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, arch, warn):
+    tree = os.path.join(work, "tree")
+    shutil.copytree(source, tree, symlinks=True)
+    env = _wrapped_env(work, pick_compiler(arch))
+    command = build_cmd or _recognise(tree)
+    logs = os.path.join(work, "compiles")
+    _run_build(command, tree, env, os.path.join(logs, "original"), "the original build")
+    for d in diffs:
+        _patch(tree, d, strip, reverse=False)
+    compiles = _run_build(command, tree, env, os.path.join(logs, "patched"), "the patched build")
+    compiles = [c for c in compiles if c.source.endswith(SOURCE_SUFFIXES)]
+    if not compiles:
+        raise InvalidPatch("the diff made the build recompile no C or C++ file",
+                           "check that the diff changes the sources the binary is built from")
+    patched = [_read_object(c.output, c.source) for c in compiles]
+    for d in reversed(diffs):
+        _patch(tree, d, strip, reverse=True)
+    originals = []
+    for n, c in enumerate(compiles):
+        out = os.path.join(work, f"original-{n}.o")
+        _compile_as(c, out, env)
+        originals.append(_read_object(out, c.source))
+    for d in diffs:
+        _patch(tree, d, strip, reverse=False)   # --keep-tree leaves the patched tree, built
+
+    objects, picks, refusals = [], {}, []
+    for c, before, after in zip(compiles, originals, patched):
+        rel = os.path.relpath(os.path.join(c.cwd, c.source), tree)
+        _check_same_build(before, binary, table, rel)
+        old, new = Unit.of(before), Unit.of(after)
+        changes = compare(old, new, rel)
+        refusals += changes.refusals
+        gone_called = _gone_still_called(old, changes)
+        refusals += [f"{rel}: {name} is gone from the patched build (inlined or removed) but unchanged code "
+                     "still calls it" for name in gone_called]
+        if not (changes.changed or changes.new or changes.new_data):
+            continue
+        part = extract(old, new, changes, rel)
+        for name, file in part.picks.items():
+            if picks.setdefault(name, file) != file:
+                refusals.append(f"{rel}: the patch needs {name} of both {picks[name]} and {file}")
+        path = os.path.join(work, f"part-{len(objects)}.o")
+        with open(path, "wb") as f:
+            f.write(part.obj)
+        objects.append(path)
+    if refusals:
+        raise InvalidPatch("cannot be patched live: " + "; ".join(refusals))
+    if not objects:
+        raise InvalidPatch("the diff changes no function of the compiled code (only comments or "
+                           "unused code?)")
+    obj_bytes = _combine(objects, work, pick_compiler(arch))
+    try:
+        obj = parse_relocatable(obj_bytes)
+    except ELFFormatError as e:
+        raise InvalidPatch(f"the extracted patch object is unusable: {e}") from e
+    meta = analyse(obj, binary, image, table, picks, [c.source for c in compiles], warn)
+    meta.sources = [os.path.relpath(os.path.join(c.cwd, c.source), tree) for c in compiles] + \
+        [f"diff: {os.path.basename(d)}" for d in diffs]
+    plan_layout(obj, arch, header_size=4096)
+    tmp = output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(patchfile.encode(meta, obj_bytes))
+    os.replace(tmp, output)
+    return meta
+
+
+def _wrapped_env(work: str, cc: str) -> dict:
+    """PATH with gcc, cc, g++, c++ (and CC, CXX) that wrap the real compilers."""
+    shims = os.path.join(work, "bin")
+    os.makedirs(shims)
+    cxx = os.environ.get("CXX", "g++")
+    for name, real in (("gcc", cc), ("cc", cc), ("g++", cxx), ("c++", cxx)):
+        found = shutil.which(shlex.split(real)[0])
+        if found is None:
+            continue
+        path = os.path.join(shims, name)
+        with open(path, "w") as f:
+            f.write(WRAPPER % {"real": shlex.quote(found), "flags": " ".join(SECTION_FLAGS)})
+        os.chmod(path, 0o755)
+    env = dict(os.environ)
+    env["PATH"] = shims + os.pathsep + env.get("PATH", "")
+    env["CC"], env["CXX"] = os.path.join(shims, "gcc"), os.path.join(shims, "g++")
+    return env
+
+
+def _recognise(tree: str) -> str:
+    jobs = os.cpu_count() or 1
+    if any(os.path.isfile(os.path.join(tree, m)) for m in ("GNUmakefile", "makefile", "Makefile")):
+        return f"make -j{jobs} CC=\"$CC\" CXX=\"$CXX\""
+    if os.path.isfile(os.path.join(tree, "configure")):
+        return f"./configure && make -j{jobs}"
+    if os.path.isfile(os.path.join(tree, "CMakeLists.txt")):
+        return f"cmake -S . -B _build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build _build -j{jobs}"
+    if os.path.isfile(os.path.join(tree, "meson.build")):
+        return f"meson setup _build && ninja -C _build -j{jobs}"
+    raise UsageError(f"no build system recognised in {tree} (Makefile, configure, CMakeLists.txt, meson.build)",
+                     "give the project's build command with --build")
+
+
+def _run_build(command: str, tree: str, env: dict, log: str, what: str) -> list[Compile]:
+    os.makedirs(log)
+    proc = subprocess.run(command, shell=True, cwd=tree, env={**env, "HOTPATCH_CC_LOG": log},
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise InvalidPatch(f"{what} failed (`{command}` exit {proc.returncode}); its output is above")
+    return [c for c in (_parse_record(os.path.join(log, n)) for n in sorted(os.listdir(log))) if c]
+
+
+def _parse_record(path: str) -> Compile | None:
+    with open(path, "rb") as f:
+        fields = f.read().decode(errors="surrogateescape").split("\0")[:-1]
+    if len(fields) < 3:
+        return None
+    cwd, argv = fields[0], fields[1:]
+    sources = [a for a in argv[1:] if a.endswith(SOURCE_SUFFIXES) and not a.startswith("-")]
+    if len(sources) != 1:
+        return None
+    out = None
+    for i, a in enumerate(argv):
+        if a == "-o" and i + 1 < len(argv):
+            out = argv[i + 1]
+        elif a.startswith("-o") and len(a) > 2:
+            out = a[2:]
+    if out is None:
+        out = os.path.splitext(os.path.basename(sources[0]))[0] + ".o"
+    return Compile(cwd, argv, sources[0], os.path.join(cwd, out))
+
+
+def _compile_as(c: Compile, out: str, env: dict) -> None:
+    argv, skip = [], 0
+    for a in c.argv:
+        if skip:
+            skip -= 1
+        elif a in ("-o", "-MF", "-MT", "-MQ"):
+            skip = 1          # the output and dependency files are the build's, not ours
+        elif not a.startswith(("-o", "-MF", "-MT", "-MQ")) and a not in ("-MD", "-MMD", "-MP", "-MG"):
+            argv.append(a)
+    proc = subprocess.run([*argv, *SECTION_FLAGS, "-o", out], cwd=c.cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise InvalidPatch(f"compiling the original {c.source} failed (exit {proc.returncode})")
+
+
+def _patch(tree: str, diff: str, strip: int, reverse: bool) -> None:
+    argv = ["patch", f"-p{strip}", "--batch", "--forward", "--no-backup-if-mismatch", "-s", "-i", diff]
+    if reverse:
+        argv.insert(1, "-R")
+    try:
+        proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise UsageError("the `patch` program is not installed", "apt-get install patch") from e
+    if proc.returncode != 0:
+        first = (proc.stdout + proc.stderr).strip().splitlines()
+        raise InvalidPatch(f"diff {os.path.basename(diff)} does not apply to the source"
+                           + (f": {first[0]}" if first else ""), "check --source and --strip")
+
+
+def _read_object(path: str, source: str) -> RelocatableObject:
+    try:
+        with open(path, "rb") as f:
+            return parse_relocatable(f.read())
+    except (OSError, ELFFormatError) as e:
+        raise InvalidPatch(f"the object compiled from {source} cannot be read: {e}") from e
+
+
+def _check_same_build(obj: RelocatableObject, binary: str, table: SymbolTable, source: str) -> None:
+    """The binary must be a build of this source: each function of the unit it has must have the same size."""
+    file = os.path.basename(source)
+    for sym in obj.defined_functions():
+        found = [s for s in table.candidates(sym.name, ("func",))
+                 if (s.bind == "local") == (sym.bind == "local") and (sym.bind != "local" or
+                                                                   os.path.basename(s.file or "") == file)]
+        if len(found) == 1 and found[0].size != sym.size:
+            raise PatchMismatch(f"{os.path.basename(binary)} is not the build of this source: {sym.name} "
+                                f"({source}) is {found[0].size} bytes in it, {sym.size} rebuilt",
+                                "give the exact source and build command of the running binary")
+
+
+def _gone_still_called(orig: Unit, changes) -> list[str]:
+    """Functions the patched build no longer has, that unchanged functions of the unit (or, if global,
+    any unit) still call in the running binary."""
+    out = []
+    changed = {normal_name(n) for n in changes.changed}
+    for name in changes.gone:
+        sym = orig.functions[normal_name(name)]
+        if sym.bind != "local" or name.endswith(".cold") or ".cold." in name:
+            if sym.bind != "local":
+                out.append(name)
+            continue
+        for index, relocs in orig.obj.relocations.items():
+            caller = orig.owner.get(index)
+            if caller is None or caller.kind != "func" or normal_name(caller.name) in changed:
+                continue
+            if any(orig.obj.symbols[r.r_sym].shndx == sym.shndx for r in relocs):
+                out.append(name)
+                break
+    return out
+
+
+def _combine(objects: list[str], work: str, cc: str) -> bytes:
+    if len(objects) == 1:
+        path = objects[0]
+    else:
+        path = os.path.join(work, "patch.o")
+        proc = subprocess.run([*shlex.split(cc), "-r", "-nostdlib", "-o", path, *objects],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise InvalidPatch("combining the extracted objects failed")
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,131 @@
+"""`hotpatch build --diff`: a fix as a unified diff against a multi-file project (fixtures/project, built
+with its own Makefile) becomes a patch in one command; applied to the running service, the fix shows and
+the old behaviour is gone; reverted, the old comes back. What the compiler did with the fix (a static
+function inlined into its caller, a header function inlined into callers in two files, a changed string)
+is found by comparing objects; references to unchanged data bind to the running program's copies, a
+file-local static to its own file's even when another file has one of the same name."""
+
+import difflib
+import os
+import shutil
+import subprocess
+
+import pytest
+from harness import ROOT, host_only, hotpatch
+
+pytestmark = host_only("build --diff compiles the project with its Makefile (the guest has no compiler)")
+
+PROJECT = os.path.join(ROOT, "fixtures", "project")
+
+
+def make_diff(src: str, edits: dict[str, list[tuple[str, str]]]) -> str:
+    """A unified diff (a/ b/ prefixes, as git and diff -ru write) of textual edits to files of `src`."""
+    out = []
+    for name, replacements in edits.items():
+        path = os.path.join(src, name)
+        before = open(path).read() if os.path.exists(path) else ""
+        after = before
+        for old, new in replacements:
+            assert old in after, (name, old)
+            after = after.replace(old, new, 1)
+        out += difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
+    return "".join(out)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """The project's source, and the service built from it by its Makefile (the running binary)."""
+    src = tmp_path / "src"
+    shutil.copytree(PROJECT, src)
+    built = tmp_path / "built"
+    shutil.copytree(PROJECT, built)
+    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    return str(src), str(built / "service")
+
+
+def build(tmp_path, src: str, binary: str, edits) -> subprocess.CompletedProcess:
+    fix = tmp_path / "fix.patch"
+    fix.write_text(make_diff(src, edits))
+    return hotpatch("build", "--diff", str(fix), "--source", src, "--target", binary,
+                    "-o", str(tmp_path / "fix.hp"))
+
+
+FIX = {"limits.c": [("n <= 100", "n <= 10"), ("x * 3", "x * 4")], "greet.c": [('"hello"', '"hi"')]}
+
+
+def test_fix_in_two_files(tmp_path, project, spawn):
+    src, binary = project
+    r = build(tmp_path, src, binary, FIX)
+    assert r.returncode == 0, r.stderr
+    # scale() is inlined into scaled() and salute() into greet(): their callers are what changed
+    assert all(f in r.stdout for f in ("limit_ok", "greet", "scaled")), r.stdout
+    info = hotpatch("info", str(tmp_path / "fix.hp"))
+    assert "calls (greet.c)" in info.stdout and "calls (limits.c)" in info.stdout, info.stdout
+    t = spawn(binary)
+    assert t.ask("greet bob") == "hello, bob (greeting 1)"
+    assert t.ask("ok 50") == "1" and t.ask("scaled 2") == "8"
+    r = hotpatch(str(t.pid), str(tmp_path / "fix.hp"))
+    assert r.returncode == 0, r.stderr
+    assert t.ask("greet bob") == "hi, bob (greeting 2)"     # greet.c's counter, not limits.c's
+    assert t.ask("ok 50") == "0" and t.ask("ok 5") == "1"
+    assert t.ask("scaled 2") == "10"
+    assert t.ask("calls") == "3"                             # limits.c's counter went on
+    r = hotpatch("revert", str(t.pid))
+    assert r.returncode == 0, r.stderr
+    assert t.ask("greet bob") == "hello, bob (greeting 3)"
+    assert t.ask("ok 50") == "1" and t.ask("scaled 2") == "8" and t.ask("calls") == "4"
+
+
+def test_header_function_inlined_into_two_files(tmp_path, project, spawn):
+    src, binary = project
+    r = build(tmp_path, src, binary, {"util.h": [("n > 16 ? 16 : n", "n > 3 ? 3 : n")]})
+    assert r.returncode == 0, r.stderr
+    assert "greet" in r.stdout and "scaled" in r.stdout and "limit_ok" not in r.stdout, r.stdout
+    t = spawn(binary)
+    assert t.ask("greet robert") == "hello, robert (greeting 1)"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("greet robert") == "hello, rob (greeting 2)"
+    assert t.ask("scaled 5") == "18"                          # 5 * 3 + min(5, 3)
+
+
+def test_new_function_and_new_global(tmp_path, project, spawn):
+    src, binary = project
+    r = build(tmp_path, src, binary, {"limits.c": [
+        ("int version = 1;\n", "int version = 1;\nint limit_max = 20;\n\n"
+         "__attribute__((noinline)) static int within(int n)\n{\n    return n <= limit_max;\n}\n"),
+        ("return n >= 0 && n <= 100;", "return n >= 0 && within(n);")]})
+    assert r.returncode == 0, r.stderr
+    t = spawn(binary)
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 20") == "1" and t.ask("ok 21") == "0" and t.ask("calls") == "2"
+
+
+def test_changed_initial_value_is_refused(tmp_path, project):
+    src, binary = project
+    r = build(tmp_path, src, binary, {"limits.c": [("int version = 1;", "int version = 2;")]})
+    assert r.returncode == 6, r.stderr
+    assert "limits.c: the initial value of version changed" in r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "fix.hp")
+
+
+def test_failures_say_why(tmp_path, project):
+    src, binary = project
+    fix = tmp_path / "stale.patch"
+    fix.write_text(make_diff(src, {"limits.c": [("n <= 100", "n <= 10")]}).replace("n <= 100", "n <= 99"))
+    r = hotpatch("build", "--diff", str(fix), "--source", src, "--target", binary, "-o", str(tmp_path / "x.hp"))
+    assert r.returncode == 6 and "diff stale.patch does not apply" in r.stderr, r.stderr
+    r = build(tmp_path, src, binary, {"limits.c": [("calls++;", "calls++ +;")]})
+    assert r.returncode == 6 and "the patched build failed" in r.stderr, r.stderr
+    r = build(tmp_path, src, binary, {"limits.c": [("int limit_ok(int n)", "/* checked */\nint limit_ok(int n)")]})
+    assert r.returncode == 6 and "changes no function" in r.stderr, r.stderr
+    assert src and open(os.path.join(src, "limits.c")).read() == open(os.path.join(PROJECT, "limits.c")).read()
+
+
+def test_binary_of_another_build_is_refused(tmp_path, project):
+    src, _ = project
+    other = tmp_path / "other"
+    shutil.copytree(PROJECT, other)
+    subprocess.run(["make", "-s", "CFLAGS=-O0 -g"], cwd=other, check=True, capture_output=True)
+    r = build(tmp_path, src, str(other / "service"), FIX)
+    assert r.returncode == 4, r.stderr
+    assert "is not the build of this source" in r.stderr
