@@ -493,3 +493,34 @@ def freeze(group: str, on: bool) -> None:
     while f"frozen {int(on)}" not in open(os.path.join(group, "cgroup.events")).read():
         assert time.monotonic() < deadline
         time.sleep(0.01)   # cgroup.events can be polled, but a poll loop is as good for a test
+
+
+DEB_SRC_CACHE = os.environ.get("HOTPATCH_DEB_SRC_CACHE",
+                               os.path.join(os.path.expanduser("~"), ".cache", "hotpatch-tests", "deb-src"))
+
+
+def debian_source(package: str) -> tuple[str, str]:
+    """(upstream tarball, Debian tarball) of a Debian source package, fetched once with `apt-get source
+    --download-only` (needs deb-src lines: .ci/run adds them). RuntimeError says why it cannot be had."""
+    import glob
+    where = os.path.join(DEB_SRC_CACHE, package)
+    os.makedirs(where, exist_ok=True)
+
+    def found():
+        orig = glob.glob(os.path.join(where, "*.orig.tar.*"))
+        debian = glob.glob(os.path.join(where, "*.debian.tar.*"))
+        return (orig[0], debian[0]) if orig and debian else None
+
+    if found() is None:
+        r = subprocess.run(["apt-get", "source", "--download-only", "-qq", package], cwd=where,
+                           capture_output=True, text=True)
+        if found() is None:
+            raise RuntimeError(f"apt-get source {package} failed: {(r.stderr or r.stdout).strip()[-300:]}")
+    return found()
+
+
+def unpack(tarball: str, dest: str) -> str:
+    """Extract a source tarball's top directory's contents into `dest`."""
+    os.makedirs(dest, exist_ok=True)
+    subprocess.run(["tar", "-xf", tarball, "-C", dest, "--strip-components=1"], check=True)
+    return dest
