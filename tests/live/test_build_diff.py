@@ -129,3 +129,42 @@ def test_binary_of_another_build_is_refused(tmp_path, project):
     r = build(tmp_path, src, str(other / "service"), FIX)
     assert r.returncode == 4, r.stderr
     assert "is not the build of this source" in r.stderr
+
+
+def test_cpp_method_changed(tmp_path, spawn):
+    """A C++ class method, whose new version throws an exception the unchanged caller catches."""
+    src = str(tmp_path / "src")
+    shutil.copytree(os.path.join(ROOT, "fixtures", "project_cpp"), src)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    binary = str(built / "service")
+    r = build(tmp_path, src, binary, {"account.cc": [("balance_ + 100", "balance_"),
+                                                     ('"refused: "', '"no overdraft: "')]})
+    assert r.returncode == 0, r.stderr
+    assert "_ZN7Account8withdrawEl" in r.stdout, r.stdout
+    t = spawn(binary)
+    assert t.ask("withdraw 1050") == "-50" and t.ask("withdraw 100") == "refused: 100"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("withdraw 10") == "no overdraft: 10"      # thrown in patch code, caught in main()
+    assert t.ask("withdraw 1") == "no overdraft: 1"
+    assert hotpatch("revert", str(t.pid)).returncode == 0
+    assert t.ask("withdraw 100") == "refused: 100" and t.ask("withdraw 50") == "-100"
+
+
+def test_cmake_project(tmp_path, spawn):
+    """The same project built by CMake (no Makefile): recognised and driven without --build."""
+    src = str(tmp_path / "src")
+    shutil.copytree(PROJECT, src)
+    os.remove(os.path.join(src, "Makefile"))
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run("cmake -S . -B _build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build _build",
+                   shell=True, cwd=built, check=True, capture_output=True)
+    binary = str(built / "_build" / "service")
+    r = build(tmp_path, src, binary, FIX)
+    assert r.returncode == 0, r.stderr
+    t = spawn(binary)
+    assert t.ask("ok 50") == "1"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
