@@ -280,7 +280,7 @@ def run(args) -> int:
                         f"  new:       {', '.join(m.new_functions) or '-'}",
                         f"  binds to target: {', '.join(sorted(m.target_symbols)) or '-'}",
                         f"  binds to libraries at apply: {', '.join(m.external) or '-'}",
-                        f"  sources:   {', '.join(m.sources)}"]))
+                        f"  sources:   {', '.join(m.sources)}"] + _origin_lines(m)))
     elif args.command == "demo":
         from hotpatch.demo import run_demo
         return run_demo()
@@ -304,6 +304,17 @@ def warn_kept(report: dict) -> None:
     for u in report["retired"]:
         sys.stderr.write(f"hotpatch: warning: the image of patch {u['id']} stays mapped at {u['base']}, "
                          f"retired: {u['reason']}; `hotpatch gc {pid}` frees it once nothing points there\n")
+
+
+def _origin_lines(m) -> list[str]:
+    """build --diff: per source file, each function and why it is in; the diffs it was built from."""
+    by_file: dict[str, list[str]] = {}
+    for name, o in m.origin.items():
+        by_file.setdefault(o["file"], []).append(f"{name} ({o['why']})")
+    lines = [printable(f"  {file}: {', '.join(items)}") for file, items in sorted(by_file.items())]
+    lines += [printable(f"  diff:      {d['name']} (sha256 {d['sha256'][:16]}…, {d['text'].count(chr(10))} lines)")
+              for d in m.diffs]
+    return lines
 
 
 def _meta_dict(m) -> dict:

@@ -51,6 +51,9 @@ class PatchMeta:
     new_functions: list[str]
     sources: list[str]
     format: int = VERSION
+    # build --diff: each replaced or new function's source file and why it is in; the diffs themselves
+    origin: dict[str, dict[str, str]] = field(default_factory=dict)
+    diffs: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -69,7 +72,11 @@ class PatchMeta:
                        external=[_typed(x, str) for x in raw["external"]],
                        new_functions=[_typed(x, str) for x in raw["new_functions"]],
                        sources=[_typed(x, str) for x in raw["sources"]],
-                       format=_typed(raw["format"], int))
+                       format=_typed(raw["format"], int),
+                       origin={_typed(k, str): _checked(v, {"file": str, "why": str})
+                               for k, v in _typed(raw.get("origin", {}), dict).items()},
+                       diffs=[_checked(d, {"name": str, "sha256": str, "text": str})
+                              for d in _typed(raw.get("diffs", []), list)])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:

@@ -11,7 +11,9 @@ extracted into one object (diff/extract.py) and goes through the same checks
 and encoding as a hand-written patch (ops/build.py).
 """
 
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from hotpatch import patchfile
 from hotpatch.arch import arch_for_machine
 from hotpatch.diff.compare import Unit, compare, normal_name
+from hotpatch.diff.dwarf import Debug, read_debug
 from hotpatch.diff.extract import extract
+from hotpatch.diff.unified import touched_lines
 from hotpatch.elf.image import ElfImage
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import SymbolTable, load_symbol_table
@@ -30,6 +34,7 @@ from hotpatch.errors import ELFFormatError, InvalidPatch, PatchMismatch, UsageEr
 from hotpatch.link.linker import plan_layout
 from hotpatch.ops.build import analyse, pick_compiler
 
+_CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
 SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fasynchronous-unwind-tables"]
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".c++")
 WRAPPER = """#!/bin/sh
@@ -96,19 +101,27 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
         raise InvalidPatch("the diff made the build recompile no C or C++ file",
                            "check that the diff changes the sources the binary is built from")
     patched = [_read_object(c.output, c.source) for c in compiles]
+    patched_debug = [_read_debug(c.output) for c in compiles]
     for d in reversed(diffs):
         _patch(tree, d, strip, reverse=True)
-    originals = []
+    originals, original_debug = [], []
     for n, c in enumerate(compiles):
         out = os.path.join(work, f"original-{n}.o")
         _compile_as(c, out, env)
         originals.append(_read_object(out, c.source))
+        original_debug.append(_read_debug(out))
     for d in diffs:
         _patch(tree, d, strip, reverse=False)   # --keep-tree leaves the patched tree, built
 
-    objects, picks, refusals = [], {}, []
-    for c, before, after in zip(compiles, originals, patched):
+    texts = [(d, open(d, errors="surrogateescape").read()) for d in diffs]
+    touched: dict[str, set[int]] = {}
+    for _d, text in texts:
+        for path, lines in touched_lines(text, strip).items():
+            touched.setdefault(os.path.basename(path), set()).update(lines)
+    objects, picks, refusals, origin = [], {}, [], {}
+    for c, before, after, old_debug, new_debug in zip(compiles, originals, patched, original_debug, patched_debug):
         rel = os.path.relpath(os.path.join(c.cwd, c.source), tree)
+        refusals += _layout_changes(old_debug, new_debug, rel)
         _check_same_build(before, binary, table, rel)
         old, new = Unit.of(before), Unit.of(after)
         changes = compare(old, new, rel)
@@ -119,6 +132,10 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
         if not (changes.changed or changes.new or changes.new_data):
             continue
         part = extract(old, new, changes, rel)
+        for name in part.replaced:
+            origin[name] = {"file": rel, "why": _why(name, new_debug, touched)}
+        for name in part.new:
+            origin[name] = {"file": rel, "why": "new"}
         for name, file in part.picks.items():
             if picks.setdefault(name, file) != file:
                 refusals.append(f"{rel}: the patch needs {name} of both {picks[name]} and {file}")
@@ -137,8 +154,10 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
     except ELFFormatError as e:
         raise InvalidPatch(f"the extracted patch object is unusable: {e}") from e
     meta = analyse(obj, binary, image, table, picks, [c.source for c in compiles], warn)
-    meta.sources = [os.path.relpath(os.path.join(c.cwd, c.source), tree) for c in compiles] + \
-        [f"diff: {os.path.basename(d)}" for d in diffs]
+    meta.sources = [os.path.relpath(os.path.join(c.cwd, c.source), tree) for c in compiles]
+    meta.origin = origin
+    meta.diffs = [{"name": os.path.basename(d), "text": t,
+                   "sha256": hashlib.sha256(t.encode(errors="surrogateescape")).hexdigest()} for d, t in texts]
     plan_layout(obj, arch, header_size=4096)
     tmp = output + ".tmp"
     with open(tmp, "wb") as f:
@@ -258,6 +277,45 @@ def _check_same_build(obj: RelocatableObject, binary: str, table: SymbolTable, s
             raise PatchMismatch(f"{os.path.basename(binary)} is not the build of this source: {sym.name} "
                                 f"({source}) is {found[0].size} bytes in it, {sym.size} rebuilt",
                                 "give the exact source and build command of the running binary")
+
+
+def _read_debug(path: str) -> Debug | None:
+    with open(path, "rb") as f:
+        return read_debug(f.read())
+
+
+def _why(name: str, debug: Debug | None, touched: dict[str, set[int]]) -> str:
+    """Why a function is replaced: a line of it changed, or a function inlined into it changed, or
+    only what the compiler made of it (a constant, a line number such as __LINE__'s, a layout)."""
+    if debug is None:
+        return "changed"
+    fn = debug.functions.get(name) or debug.functions.get(_CLONE.sub("", name))
+
+    def hit(f) -> bool:
+        first, last = debug.span(f)
+        return any(first <= n <= last for n in touched.get(f.file, ()))
+
+    if fn is None or hit(fn):
+        return "changed"
+    inlined = [g for g in fn.inlined if g in debug.functions and hit(debug.functions[g])]
+    if inlined:
+        return f"inlines changed {', '.join(inlined)}"
+    return "no line of it changed: a callee folded into it, a constant or a line number"
+
+
+def _layout_changes(old: Debug | None, new: Debug | None, source: str) -> list[str]:
+    """Structs whose size or member offsets differ: the running process holds data in the old layout."""
+    if old is None or new is None:
+        return []
+    out = []
+    for name, layout in new.structs.items():
+        before = old.structs.get(name)
+        if before is not None and before != layout:
+            change = (f"{before[0]} -> {layout[0]} bytes" if before[0] != layout[0]
+                      else "members moved")
+            out.append(f"{source}: struct {name} changed layout ({change}): data of that type in the running "
+                       "process keeps the old one")
+    return out
 
 
 def _gone_still_called(orig: Unit, changes) -> list[str]:

@@ -61,19 +61,24 @@ def test_fix_in_two_files(tmp_path, project, spawn):
     assert all(f in r.stdout for f in ("limit_ok", "greet", "scaled")), r.stdout
     info = hotpatch("info", str(tmp_path / "fix.hp"))
     assert "calls (greet.c)" in info.stdout and "calls (limits.c)" in info.stdout, info.stdout
+    assert "greet.c: greet (inlines changed salute)" in info.stdout, info.stdout
+    assert "limit_ok (changed)" in info.stdout and "scaled_seven (no line of it changed: a callee folded" in info.stdout
+    assert "diff:      fix.patch" in info.stdout
     t = spawn(binary)
     assert t.ask("greet bob") == "hello, bob (greeting 1)"
-    assert t.ask("ok 50") == "1" and t.ask("scaled 2") == "8"
+    assert t.ask("ok 50") == "1" and t.ask("scaled 2") == "8" and t.ask("seven") == "21"
     r = hotpatch(str(t.pid), str(tmp_path / "fix.hp"))
     assert r.returncode == 0, r.stderr
     assert t.ask("greet bob") == "hi, bob (greeting 2)"     # greet.c's counter, not limits.c's
     assert t.ask("ok 50") == "0" and t.ask("ok 5") == "1"
     assert t.ask("scaled 2") == "10"
+    assert t.ask("seven") == "28"                            # scale(7) was folded into a constant: 21
     assert t.ask("calls") == "3"                             # limits.c's counter went on
     r = hotpatch("revert", str(t.pid))
     assert r.returncode == 0, r.stderr
     assert t.ask("greet bob") == "hello, bob (greeting 3)"
     assert t.ask("ok 50") == "1" and t.ask("scaled 2") == "8" and t.ask("calls") == "4"
+    assert t.ask("seven") == "21"
 
 
 def test_header_function_inlined_into_two_files(tmp_path, project, spawn):
@@ -106,6 +111,14 @@ def test_changed_initial_value_is_refused(tmp_path, project):
     assert r.returncode == 6, r.stderr
     assert "limits.c: the initial value of version changed" in r.stderr
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "fix.hp")
+
+
+def test_struct_layout_change_is_refused(tmp_path, project):
+    src, binary = project
+    r = build(tmp_path, src, binary, {"limits.c": [("    long checks;\n    long refused;\n",
+                                                    "    long refused;\n    long checks;\n")]})
+    assert r.returncode == 6, r.stderr
+    assert "limits.c: struct tally changed layout (members moved)" in r.stderr, r.stderr
 
 
 def test_failures_say_why(tmp_path, project):
