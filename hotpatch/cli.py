@@ -72,6 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "(default: recognised from Makefile, configure, CMakeLists.txt, meson.build)")
     b.add_argument("--strip", type=int, default=1, metavar="N", help="with --diff: as patch -pN (default 1)")
     b.add_argument("--keep-tree", metavar="DIR", help="with --diff: build in DIR and keep it")
+    b.add_argument("--orig", metavar="OLDDIR", help="instead of --diff: the source the binary was built from")
+    b.add_argument("--patched", metavar="NEWDIR", help="with --orig: the same source with the fix")
     b.add_argument("--target", required=True, metavar="BINARY", help="the binary the process runs")
     b.add_argument("-o", "--output", required=True, help="patch file to write")
     b.add_argument("--cflags", default="", help="extra compiler flags (compiler: $CC, default gcc)")
@@ -242,12 +244,17 @@ def run(args) -> int:
         emit(args, {"status": "ok", "pid": args.pid, "patches": patches, "pending": pending,
                     "repaired": repaired},
              "\n".join(lines) if lines else f"no patches applied to process {args.pid}")
-    elif args.command == "build" and args.diff:
-        from hotpatch.ops.build_diff import build_diff
-        if args.sources or not args.source:
-            raise UsageError("build --diff takes --source SRCDIR and no patch sources")
-        meta = build_diff(args.diff, args.source, args.target, args.output, args.build, args.strip,
-                          args.keep_tree)
+    elif args.command == "build" and (args.diff or args.orig or args.patched):
+        from hotpatch.ops.build_diff import DiffChange, TreeChange, build_diff
+        if args.diff:
+            if args.sources or not args.source or args.orig or args.patched:
+                raise UsageError("build --diff takes --source SRCDIR, and neither patch sources nor --orig")
+            change, source = DiffChange(args.diff, args.strip), args.source
+        else:
+            if args.sources or args.source or not (args.orig and args.patched):
+                raise UsageError("build --orig OLDDIR takes --patched NEWDIR, and neither --source nor sources")
+            change, source = TreeChange(args.orig, args.patched), args.orig
+        meta = build_diff(change, source, args.target, args.output, args.build, args.keep_tree, args.cflags)
         emit(args, {"status": "built", "output": args.output, "replaces": [f.name for f in meta.replace],
                     "new": meta.new_functions, "external": meta.external, "sources": meta.sources},
              f"built {args.output}: replaces {names([f.name for f in meta.replace])}"

@@ -44,6 +44,25 @@ def read_debug(data: bytes) -> Debug | None:
         return None
 
 
+def producers(path: str) -> list[str]:
+    """DW_AT_producer of each compilation unit of an ELF file (its compiler and options); [] without DWARF."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return []
+            out = []
+            for cu in elf.get_dwarf_info().iter_CUs():
+                top = cu.get_top_DIE()
+                if "DW_AT_producer" in top.attributes:
+                    out.append(_text(top.attributes["DW_AT_producer"].value))
+            return out
+    except (OSError, ELFError, KeyError, IndexError, ValueError, TypeError, AttributeError, AssertionError):
+        return []
+    except Exception:   # construct's stream errors on odd DWARF
+        return []
+
+
 def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 

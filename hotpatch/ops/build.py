@@ -18,11 +18,12 @@ import tempfile
 from hotpatch import patchfile
 from hotpatch.arch import arch_for_machine, get_arch
 from hotpatch.arch.base import Arch
+from hotpatch.diff.dwarf import producers
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
 from hotpatch.elf.needed import needed_closure
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
-from hotpatch.elf.symbols import Symbol, SymbolTable, load_symbol_table
+from hotpatch.elf.symbols import Symbol, SymbolTable, find_debug_file, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
 
@@ -129,7 +130,8 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                 if c.file == old.file]
         for clone in table.clones_of(fn.name):
             warn(f"warning: the binary also has {clone.name}, a compiler clone of {fn.name}; "
-                 "its callers keep the old code unless the patch replaces them too")
+                 "its callers keep the old code unless the patch replaces them too "
+                 "(`hotpatch build --diff` finds and replaces them)")
         replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
                                                   hashlib.sha256(binary_bytes[file_off:file_off + room]
                                                                  ).hexdigest(), pad, room,
@@ -202,6 +204,18 @@ def _check_external(obj: RelocatableObject, external: list[str], binary_path: st
             f"define {name} in the patch itself (static)")
 
 
+def _warn_inlining(binary: str, image: ElfImage, table: SymbolTable, meta: patchfile.PatchMeta, warn) -> None:
+    """An optimised build without -flive-patching may have inlined or specialised a replaced function into
+    callers the patch leaves alone: say so, from the compilers' own record (DW_AT_producer)."""
+    path = binary if table.source == binary else (find_debug_file(image.build_id, table.debug_dirs) or binary)
+    found = producers(path)
+    optimised = [p for p in found if re.search(r" -O([1-3s]|fast)?\b", p) and " -O0" not in p]
+    if optimised and not any("-flive-patching" in p for p in optimised):
+        warn(f"warning: {os.path.basename(binary)} was optimised without -flive-patching: callers of "
+             f"{', '.join(f.name for f in meta.replace[:5])} may have inlined or specialised them and keep "
+             "the old code; `hotpatch build --diff` finds such callers and replaces them too")
+
+
 def build(sources: list[str], binary: str, output: str, cflags: str = "",
           picks: dict[str, str] | None = None, warn=None) -> patchfile.PatchMeta:
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
@@ -232,4 +246,5 @@ def build(sources: list[str], binary: str, output: str, cflags: str = "",
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, output)
+    _warn_inlining(binary, image, table, meta, warn)
     return meta

@@ -11,6 +11,8 @@ extracted into one object (diff/extract.py) and goes through the same checks
 and encoding as a hand-written patch (ops/build.py).
 """
 
+import difflib
+import filecmp
 import hashlib
 import os
 import re
@@ -57,12 +59,11 @@ class Compile:
     output: str
 
 
-def build_diff(diffs: list[str], source: str, binary: str, output: str, build_cmd: str | None = None,
-               strip: int = 1, keep_tree: str | None = None, warn=None) -> patchfile.PatchMeta:
+def build_diff(change: "DiffChange | TreeChange", source: str, binary: str, output: str,
+               build_cmd: str | None = None, keep_tree: str | None = None, cflags: str = "",
+               warn=None) -> patchfile.PatchMeta:
+    """Build the patch that `change` (diffs, or an old and a new tree) makes to `source`, for `binary`."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
-    for d in diffs:
-        if not os.path.isfile(d):
-            raise UsageError(f"diff {d} does not exist")
     if not os.path.isdir(source):
         raise UsageError(f"source directory {source} does not exist")
     if not os.path.isfile(binary):
@@ -75,26 +76,25 @@ def build_diff(diffs: list[str], source: str, binary: str, output: str, build_cm
     if not image.build_id:
         raise InvalidPatch(f"{binary} has no build-id, so a patch cannot be tied to it")
     arch = arch_for_machine(image.ehdr.e_machine)
-    diffs = [os.path.abspath(d) for d in diffs]
+    flags = SECTION_FLAGS + shlex.split(cflags)
     if keep_tree:
         if os.path.exists(keep_tree):
             raise UsageError(f"--keep-tree {keep_tree} exists already")
         os.makedirs(keep_tree)
-        return _build(diffs, source, binary, output, build_cmd, strip, os.path.abspath(keep_tree), image,
+        return _build(change, source, binary, output, build_cmd, flags, os.path.abspath(keep_tree), image,
                       table, arch, warn)
     with tempfile.TemporaryDirectory(prefix="hotpatch-diff-") as work:
-        return _build(diffs, source, binary, output, build_cmd, strip, work, image, table, arch, warn)
+        return _build(change, source, binary, output, build_cmd, flags, work, image, table, arch, warn)
 
 
-def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, arch, warn):
+def _build(change, source, binary, output, build_cmd, flags, work, image, table, arch, warn):
     tree = os.path.join(work, "tree")
     shutil.copytree(source, tree, symlinks=True)
-    env = _wrapped_env(work, pick_compiler(arch))
+    env = _wrapped_env(work, pick_compiler(arch), flags)
     command = build_cmd or _recognise(tree)
     logs = os.path.join(work, "compiles")
     _run_build(command, tree, env, os.path.join(logs, "original"), "the original build")
-    for d in diffs:
-        _patch(tree, d, strip, reverse=False)
+    change.apply(tree)
     compiles = _run_build(command, tree, env, os.path.join(logs, "patched"), "the patched build")
     compiles = [c for c in compiles if c.source.endswith(SOURCE_SUFFIXES)]
     if not compiles:
@@ -102,22 +102,16 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
                            "check that the diff changes the sources the binary is built from")
     patched = [_read_object(c.output, c.source) for c in compiles]
     patched_debug = [_read_debug(c.output) for c in compiles]
-    for d in reversed(diffs):
-        _patch(tree, d, strip, reverse=True)
+    change.revert(tree)
     originals, original_debug = [], []
     for n, c in enumerate(compiles):
         out = os.path.join(work, f"original-{n}.o")
-        _compile_as(c, out, env)
+        _compile_as(c, out, env, flags)
         originals.append(_read_object(out, c.source))
         original_debug.append(_read_debug(out))
-    for d in diffs:
-        _patch(tree, d, strip, reverse=False)   # --keep-tree leaves the patched tree, built
+    change.apply(tree)   # --keep-tree leaves the patched tree, built
 
-    texts = [(d, open(d, errors="surrogateescape").read()) for d in diffs]
-    touched: dict[str, set[int]] = {}
-    for _d, text in texts:
-        for path, lines in touched_lines(text, strip).items():
-            touched.setdefault(os.path.basename(path), set()).update(lines)
+    touched = change.touched()
     objects, picks, refusals, origin = [], {}, [], {}
     for c, before, after, old_debug, new_debug in zip(compiles, originals, patched, original_debug, patched_debug):
         rel = os.path.relpath(os.path.join(c.cwd, c.source), tree)
@@ -154,10 +148,17 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
     except ELFFormatError as e:
         raise InvalidPatch(f"the extracted patch object is unusable: {e}") from e
     meta = analyse(obj, binary, image, table, picks, [c.source for c in compiles], warn)
+    replaced = {f.name for f in meta.replace}
+    for name, o in origin.items():
+        if o["why"] != "new" and name not in replaced:   # a clone the running binary does not have
+            clones = [c.name for c in table.clones_of(_CLONE.sub("", name))]
+            raise InvalidPatch(f"{o['file']}: {name} changed, but {os.path.basename(binary)} has no {name}"
+                               + (f" (it has {', '.join(clones)})" if clones else ""),
+                               "the binary was built differently from this source: give its exact build "
+                               "command with --build")
     meta.sources = [os.path.relpath(os.path.join(c.cwd, c.source), tree) for c in compiles]
     meta.origin = origin
-    meta.diffs = [{"name": os.path.basename(d), "text": t,
-                   "sha256": hashlib.sha256(t.encode(errors="surrogateescape")).hexdigest()} for d, t in texts]
+    meta.diffs = change.records()
     plan_layout(obj, arch, header_size=4096)
     tmp = output + ".tmp"
     with open(tmp, "wb") as f:
@@ -166,7 +167,7 @@ def _build(diffs, source, binary, output, build_cmd, strip, work, image, table, 
     return meta
 
 
-def _wrapped_env(work: str, cc: str) -> dict:
+def _wrapped_env(work: str, cc: str, flags: list[str]) -> dict:
     """PATH with gcc, cc, g++, c++ (and CC, CXX) that wrap the real compilers."""
     shims = os.path.join(work, "bin")
     os.makedirs(shims)
@@ -177,7 +178,7 @@ def _wrapped_env(work: str, cc: str) -> dict:
             continue
         path = os.path.join(shims, name)
         with open(path, "w") as f:
-            f.write(WRAPPER % {"real": shlex.quote(found), "flags": " ".join(SECTION_FLAGS)})
+            f.write(WRAPPER % {"real": shlex.quote(found), "flags": " ".join(map(shlex.quote, flags))})
         os.chmod(path, 0o755)
     env = dict(os.environ)
     env["PATH"] = shims + os.pathsep + env.get("PATH", "")
@@ -229,7 +230,7 @@ def _parse_record(path: str) -> Compile | None:
     return Compile(cwd, argv, sources[0], os.path.join(cwd, out))
 
 
-def _compile_as(c: Compile, out: str, env: dict) -> None:
+def _compile_as(c: Compile, out: str, env: dict, flags: list[str]) -> None:
     argv, skip = [], 0
     for a in c.argv:
         if skip:
@@ -238,24 +239,126 @@ def _compile_as(c: Compile, out: str, env: dict) -> None:
             skip = 1          # the output and dependency files are the build's, not ours
         elif not a.startswith(("-o", "-MF", "-MT", "-MQ")) and a not in ("-MD", "-MMD", "-MP", "-MG"):
             argv.append(a)
-    proc = subprocess.run([*argv, *SECTION_FLAGS, "-o", out], cwd=c.cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*argv, *flags, "-o", out], cwd=c.cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise InvalidPatch(f"compiling the original {c.source} failed (exit {proc.returncode})")
 
 
-def _patch(tree: str, diff: str, strip: int, reverse: bool) -> None:
-    argv = ["patch", f"-p{strip}", "--batch", "--forward", "--no-backup-if-mismatch", "-s", "-i", diff]
-    if reverse:
-        argv.insert(1, "-R")
-    try:
-        proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise UsageError("the `patch` program is not installed", "apt-get install patch") from e
-    if proc.returncode != 0:
-        first = (proc.stdout + proc.stderr).strip().splitlines()
-        raise InvalidPatch(f"diff {os.path.basename(diff)} does not apply to the source"
-                           + (f": {first[0]}" if first else ""), "check --source and --strip")
+class DiffChange:
+    """The fix as unified diffs, applied with `patch -pN` (which dates what it writes now: make sees it)."""
+
+    def __init__(self, diffs: list[str], strip: int = 1):
+        for d in diffs:
+            if not os.path.isfile(d):
+                raise UsageError(f"diff {d} does not exist")
+        self.diffs, self.strip = [os.path.abspath(d) for d in diffs], strip
+        self.texts = [open(d, errors="surrogateescape").read() for d in self.diffs]
+
+    def apply(self, tree: str) -> None:
+        for d in self.diffs:
+            self._patch(tree, d, reverse=False)
+
+    def revert(self, tree: str) -> None:
+        for d in reversed(self.diffs):
+            self._patch(tree, d, reverse=True)
+
+    def touched(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for text in self.texts:
+            for path, lines in touched_lines(text, self.strip).items():
+                out.setdefault(os.path.basename(path), set()).update(lines)
+        return out
+
+    def records(self) -> list[dict[str, str]]:
+        return [_record(os.path.basename(d), t) for d, t in zip(self.diffs, self.texts)]
+
+    def _patch(self, tree: str, diff: str, reverse: bool) -> None:
+        argv = ["patch", f"-p{self.strip}", "--batch", "--forward", "--no-backup-if-mismatch", "-s", "-i", diff]
+        if reverse:
+            argv.insert(1, "-R")
+        try:
+            proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True)
+        except FileNotFoundError as e:
+            raise UsageError("the `patch` program is not installed", "apt-get install patch") from e
+        if proc.returncode != 0:
+            first = (proc.stdout + proc.stderr).strip().splitlines()
+            raise InvalidPatch(f"diff {os.path.basename(diff)} does not apply to the source"
+                               + (f": {first[0]}" if first else ""), "check --source and --strip")
+
+
+class TreeChange:
+    """The fix as two trees (--orig OLDDIR --patched NEWDIR): each file of NEWDIR that differs from OLDDIR's
+    is written over it, dated now (new files added, files NEWDIR lacks removed), and put back to revert.
+    Version control directories are left out. The recorded diff is generated from the text files."""
+
+    SKIP = {".git", ".hg", ".svn"}
+
+    def __init__(self, old: str, new: str):
+        for d in (old, new):
+            if not os.path.isdir(d):
+                raise UsageError(f"source directory {d} does not exist")
+        self.old, self.new = old, new
+        before, after = self._files(old), self._files(new)
+        self.changed = sorted(p for p in before & after if not filecmp.cmp(os.path.join(old, p),
+                                                                           os.path.join(new, p), shallow=False))
+        self.added, self.removed = sorted(after - before), sorted(before - after)
+        self.text = self._unified()
+
+    def _files(self, root: str) -> set[str]:
+        out = set()
+        for path, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in self.SKIP]
+            out.update(os.path.relpath(os.path.join(path, f), root) for f in files)
+        return out
+
+    def _unified(self) -> str:
+        out = []
+        for p in self.changed + self.added + self.removed:
+            a = _text_lines(os.path.join(self.old, p)) if p not in self.added else []
+            b = _text_lines(os.path.join(self.new, p)) if p not in self.removed else []
+            if a is not None and b is not None:
+                out += difflib.unified_diff(a, b, f"a/{p}", f"b/{p}")
+        return "".join(out)
+
+    def apply(self, tree: str) -> None:
+        for p in self.changed + self.added:
+            _install(os.path.join(self.new, p), os.path.join(tree, p))
+        for p in self.removed:
+            os.remove(os.path.join(tree, p))
+
+    def revert(self, tree: str) -> None:
+        for p in self.changed + self.removed:
+            _install(os.path.join(self.old, p), os.path.join(tree, p))
+        for p in self.added:
+            os.remove(os.path.join(tree, p))
+
+    def touched(self) -> dict[str, set[int]]:
+        return {os.path.basename(p): lines for p, lines in touched_lines(self.text, 1).items()}
+
+    def records(self) -> list[dict[str, str]]:
+        return [_record(f"{os.path.basename(os.path.abspath(self.old))} -> "
+                        f"{os.path.basename(os.path.abspath(self.new))}", self.text)]
+
+
+def _text_lines(path: str) -> list[str] | None:
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\0" in data:
+        return None
+    return data.decode(errors="surrogateescape").splitlines(True)
+
+
+def _install(src: str, dst: str) -> None:
+    """Copy with the time of now: the build must see the file as newer than what it built from it."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst)
+    shutil.copymode(src, dst)
+    os.utime(dst)
+
+
+def _record(name: str, text: str) -> dict[str, str]:
+    return {"name": name, "text": text, "sha256": hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()}
 
 
 def _read_object(path: str, source: str) -> RelocatableObject:

@@ -6,12 +6,15 @@ is found by comparing objects; references to unchanged data bind to the running 
 file-local static to its own file's even when another file has one of the same name."""
 
 import difflib
+import json
 import os
 import shutil
 import subprocess
 
 import pytest
 from harness import ROOT, host_only, hotpatch
+
+from hotpatch.diff.dwarf import read_debug
 
 pytestmark = host_only("build --diff compiles the project with its Makefile (the guest has no compiler)")
 
@@ -181,3 +184,60 @@ def test_cmake_project(tmp_path, spawn):
     assert t.ask("ok 50") == "1"
     assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
     assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
+
+
+def test_two_trees_instead_of_diffs(tmp_path, project, spawn):
+    """--orig OLDDIR --patched NEWDIR: the fix as the fixed tree itself; --json; --cflags reach every compile."""
+    src, binary = project
+    new = tmp_path / "new"
+    shutil.copytree(src, new)
+    (new / "limits.c").write_text((new / "limits.c").read_text().replace("n <= 100", "n <= 10"))
+    kept = tmp_path / "kept"
+    r = hotpatch("build", "--orig", src, "--patched", str(new), "--target", binary, "-o",
+                 str(tmp_path / "fix.hp"), "--cflags", "-fno-plt", "--keep-tree", str(kept), "--json")
+    assert r.returncode == 0, r.stderr
+    with open(kept / "original-0.o", "rb") as f:
+        assert "-fno-plt" in read_debug(f.read()).producer     # the compile of the original had it too
+    assert "-fno-plt" in read_debug((kept / "tree" / "limits.o").read_bytes()).producer
+    report = json.loads(r.stdout)
+    assert report["status"] == "built" and report["replaces"] == ["limit_ok"], report
+    info = hotpatch("info", str(tmp_path / "fix.hp"))
+    assert "limits.c: limit_ok (changed)" in info.stdout and "diff:      src -> new" in info.stdout
+    t = spawn(binary)
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 50") == "0" and t.ask("ok 5") == "1"
+
+
+def test_stripped_binary_with_a_debug_file(tmp_path, project, spawn):
+    """The running binary has no .symtab; its debug file is found by build-id (file-local symbols too)."""
+    src, binary = project
+    debug_dir = tmp_path / "debug"
+    build_id = subprocess.run(["readelf", "-n", binary], capture_output=True, text=True).stdout
+    build_id = build_id.split("Build ID: ")[1].split()[0]
+    target = debug_dir / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    target.parent.mkdir(parents=True)
+    subprocess.run(["objcopy", "--only-keep-debug", binary, str(target)], check=True)
+    subprocess.run(["strip", "--strip-all", binary], check=True)
+    fix = tmp_path / "fix.patch"
+    fix.write_text(make_diff(src, FIX))
+    r = hotpatch("build", "--diff", str(fix), "--source", src, "--target", binary, "-o", str(tmp_path / "fix.hp"),
+                 env={"HOTPATCH_DEBUG_DIRS": str(debug_dir)})
+    assert r.returncode == 0, r.stderr
+    t = spawn(binary)
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp"), env={"HOTPATCH_DEBUG_DIRS": str(debug_dir)}).returncode == 0
+    assert t.ask("greet al") == "hi, al (greeting 1)" and t.ask("ok 50") == "0"
+
+
+def test_shared_library_of_the_project(tmp_path, spawn):
+    """BINARY is the project's shared library (libcalc.so): the fix lands in it, in the running service."""
+    src = str(tmp_path / "src")
+    shutil.copytree(os.path.join(ROOT, "fixtures", "project_lib"), src)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    r = build(tmp_path, src, str(built / "libcalc.so"), {"calc.c": [("cents * rate / 100", "cents * rate / 50")]})
+    assert r.returncode == 0, r.stderr
+    t = spawn(str(built / "service"))
+    assert t.ask("price 100") == "120"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("price 100") == "140"           # `rate` bound to the library's own static
