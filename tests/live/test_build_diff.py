@@ -132,7 +132,8 @@ def test_failures_say_why(tmp_path, project):
     assert r.returncode == 6 and "diff stale.patch does not apply" in r.stderr, r.stderr
     r = build(tmp_path, src, binary, {"limits.c": [("calls++;", "calls++ +;")]})
     assert r.returncode == 6 and "the patched build failed" in r.stderr, r.stderr
-    r = build(tmp_path, src, binary, {"limits.c": [("int limit_ok(int n)", "/* checked */\nint limit_ok(int n)")]})
+    r = build(tmp_path, src, binary, {"limits.c": [("/* gcc folds scale(7) into a constant here */",
+                                                    "/* a constant */")]})   # a comment, no line moved
     assert r.returncode == 6 and "changes no function" in r.stderr, r.stderr
     assert src and open(os.path.join(src, "limits.c")).read() == open(os.path.join(PROJECT, "limits.c")).read()
 
@@ -241,3 +242,21 @@ def test_shared_library_of_the_project(tmp_path, spawn):
     assert t.ask("price 100") == "120"
     assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
     assert t.ask("price 100") == "140"           # `rate` bound to the library's own static
+
+
+def test_function_static_and_line_numbers(tmp_path, project, spawn):
+    """A function's own static (ticket.0) binds to the running one; a line added above a function that
+    uses __LINE__ changes it although none of its lines did: it is replaced and said so."""
+    src, binary = project
+    r = build(tmp_path, src, binary, {"limits.c": [("return ++ticket;", "ticket += 10;\n    return ticket;"),
+                                                   ("int where(void)", "/* moved down a line */\nint where(void)")]})
+    assert r.returncode == 0, r.stderr
+    info = hotpatch("info", str(tmp_path / "fix.hp")).stdout
+    assert "next_ticket (changed)" in info and "ticket.0 (limits.c)" in info, info
+    assert "where (no line of it changed" in info, info
+    t = spawn(binary)
+    line = int(t.ask("where"))
+    assert t.ask("ticket") == "1" and t.ask("ticket") == "2"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ticket") == "12"                 # the running counter, not a copy starting at 0
+    assert int(t.ask("where")) == line + 2         # the function's line moved by the two added lines
