@@ -37,7 +37,9 @@ from hotpatch.link.linker import plan_layout
 from hotpatch.ops.build import analyse, pick_compiler
 
 _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
-SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fasynchronous-unwind-tables"]
+# -g changes no generated code (gcc's rule) and gives the DWARF that says why a function is in and
+# whether a struct changed layout.
+SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fasynchronous-unwind-tables", "-g"]
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".c++")
 WRAPPER = """#!/bin/sh
 # hotpatch build --diff: the compiler with one section per function and object, each compile logged
@@ -217,8 +219,11 @@ def _parse_record(path: str) -> Compile | None:
         return None
     cwd, argv = fields[0], fields[1:]
     sources = [a for a in argv[1:] if a.endswith(SOURCE_SUFFIXES) and not a.startswith("-")]
-    if len(sources) != 1:
-        return None
+    if not sources:
+        return None   # assembly, or a compile of nothing we compare
+    if len(sources) > 1:
+        raise InvalidPatch(f"the build compiles several files in one command ({', '.join(sources[:3])}): "
+                           "their objects cannot be told apart", "build them one per command")
     out = None
     for i, a in enumerate(argv):
         if a == "-o" and i + 1 < len(argv):
@@ -364,9 +369,13 @@ def _record(name: str, text: str) -> dict[str, str]:
 def _read_object(path: str, source: str) -> RelocatableObject:
     try:
         with open(path, "rb") as f:
-            return parse_relocatable(f.read())
+            obj = parse_relocatable(f.read())
     except (OSError, ELFFormatError) as e:
         raise InvalidPatch(f"the object compiled from {source} cannot be read: {e}") from e
+    if any(sec.name.startswith(".gnu.lto_") for sec in obj.sections.values()):
+        raise InvalidPatch(f"{source} is compiled with link-time optimisation (-flto): its object holds no "
+                           "code to compare", "build without -flto (--build with the project's flags minus -flto)")
+    return obj
 
 
 def _check_same_build(obj: RelocatableObject, binary: str, table: SymbolTable, source: str) -> None:

@@ -135,6 +135,11 @@ def test_failures_say_why(tmp_path, project):
     r = build(tmp_path, src, binary, {"limits.c": [("/* gcc folds scale(7) into a constant here */",
                                                     "/* a constant */")]})   # a comment, no line moved
     assert r.returncode == 6 and "changes no function" in r.stderr, r.stderr
+    fix = tmp_path / "fix.patch"
+    fix.write_text(make_diff(src, FIX))
+    r = hotpatch("build", "--diff", str(fix), "--source", src, "--target", binary, "-o", str(tmp_path / "x.hp"),
+                 "--build", "make CFLAGS='-O2 -flto'")
+    assert r.returncode == 6 and "link-time optimisation (-flto)" in r.stderr, r.stderr
     assert src and open(os.path.join(src, "limits.c")).read() == open(os.path.join(PROJECT, "limits.c")).read()
 
 
