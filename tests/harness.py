@@ -112,6 +112,52 @@ class Patch:
         return f"{stem}-for-{self.program.name}" + ("-" + _slug(self.extra) if self.extra else "") + ".hp"
 
 
+@dataclass(frozen=True)
+class Project:
+    """A project under fixtures/ built by its own Makefile (`make CC=...`); `binary` is the file it builds."""
+    directory: str
+    binary: str
+
+    def __init__(self, directory: str, binary: str):
+        object.__setattr__(self, "directory", directory)
+        object.__setattr__(self, "binary", binary)
+        SPECS.append(self)
+
+    @property
+    def key(self) -> str:
+        return f"project {self.directory} {self.binary}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.directory}-{self.binary}"
+
+    @property
+    def sources(self) -> list[str]:
+        top = os.path.join(ROOT, "fixtures", self.directory)
+        return sorted(os.path.join(self.directory, f) for f in os.listdir(top)
+                      if os.path.isfile(os.path.join(top, f)))
+
+
+@dataclass(frozen=True)
+class DiffPatch:
+    """A patch built with `hotpatch build --diff fixtures/DIFF --source fixtures/PROJECT` for its binary."""
+    diff: str
+    project: Project
+
+    def __init__(self, diff: str, project: Project):
+        object.__setattr__(self, "diff", diff)
+        object.__setattr__(self, "project", project)
+        SPECS.append(self)
+
+    @property
+    def key(self) -> str:
+        return f"{self.diff} for {self.project.key}"
+
+    @property
+    def name(self) -> str:
+        return f"{os.path.splitext(os.path.basename(self.diff))[0]}-for-{self.project.name}.hp"
+
+
 class MissingPrebuilt(LookupError):
     pass
 
@@ -180,6 +226,26 @@ class Builder:
                 raise MissingPrebuilt(f"no C compiler for {self.arch} here")
             compile_c(out, spec.sources, spec.flags, cc)
             sources = spec.sources
+        elif isinstance(spec, Project):
+            cc = compiler_for(self.arch)
+            if cc is None:
+                raise MissingPrebuilt(f"no C compiler for {self.arch} here")
+            import tempfile
+            with tempfile.TemporaryDirectory() as work:
+                tree = os.path.join(work, spec.directory)
+                shutil.copytree(os.path.join(ROOT, "fixtures", spec.directory), tree)
+                subprocess.run(["make", "-s", f"CC={cc}"], cwd=tree, check=True, capture_output=True)
+                shutil.copy2(os.path.join(tree, spec.binary), out)
+            sources = spec.sources
+        elif isinstance(spec, DiffPatch):
+            binary = self(spec.project)
+            env = {k: v for k, v in os.environ.items() if k != "CC"}
+            r = subprocess.run([sys.executable, "-m", "hotpatch", "build", "--diff", _source_path(spec.diff),
+                                "--source", os.path.join(ROOT, "fixtures", spec.project.directory),
+                                "--target", binary, "-o", out], capture_output=True, text=True, env=env, cwd=ROOT)
+            if r.returncode != 0:
+                raise RuntimeError(f"hotpatch build {spec.key} failed: {r.stderr.strip()}")
+            sources = (spec.diff, *spec.project.sources)
         else:
             binary = self(spec.program)
             # No CC: `hotpatch build` picks the compiler from the binary's architecture.

@@ -1,8 +1,10 @@
 """Compare one translation unit's original and patched objects, function by function and object by object.
 
-Both are compiled with -ffunction-sections -fdata-sections, so each function
-and each variable has a section of its own. A section's identity for the
-comparison is its bytes with every relocated field zeroed, plus what each
+Both are compiled with -ffunction-sections, so each function has a section of
+its own; variables share theirs (-fdata-sections would change the code on
+AArch64, where section anchors address a file's statics from one base), so
+each is compared as its range. An identity for the comparison is the bytes
+with every relocated field zeroed, plus what each
 relocation points at, described by meaning rather than position: a symbol's
 name (compiler clone numbers and static-local counters removed), the string a
 string-literal reference reads, the contents of an anonymous constant. Moved
@@ -33,12 +35,13 @@ def normal_name(name: str) -> str:
 
 @dataclass
 class Unit:
-    """One object: its named functions and variables, each with the section it alone occupies."""
+    """One object: its named functions and variables, and where each lies (a section and a range)."""
     obj: RelocatableObject
     functions: dict[str, ObjSymbol] = field(default_factory=dict)   # normal name -> symbol
     objects: dict[str, ObjSymbol] = field(default_factory=dict)
-    owner: dict[int, ObjSymbol] = field(default_factory=dict)       # section index -> its named symbol
-    _keys: dict[int, tuple] = field(default_factory=dict)
+    placed: dict[int, list[ObjSymbol]] = field(default_factory=dict)  # section index -> its symbols by value
+    _keys: dict[tuple[int, int, int], tuple] = field(default_factory=dict)
+    _ends: dict[int, dict[int, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, obj: RelocatableObject) -> "Unit":
@@ -48,50 +51,110 @@ class Unit:
                 continue
             table = unit.functions if sym.kind == "func" else unit.objects
             table.setdefault(normal_name(sym.name), sym)
-            unit.owner.setdefault(sym.shndx, sym)
+            unit.placed.setdefault(sym.shndx, []).append(sym)
+        for symbols in unit.placed.values():
+            symbols.sort(key=lambda s: s.value)
         return unit
 
     def section(self, sym: ObjSymbol) -> Section:
         assert isinstance(sym.shndx, int)
         return self.obj.sections[sym.shndx]
 
-    def key(self, index: int) -> tuple:
-        """The section's identity: bytes without relocated fields, and the relocations by meaning."""
-        if index not in self._keys:
-            self._keys[index] = self._key(index)
-        return self._keys[index]
+    def symbol_at(self, index: int, offset: int) -> ObjSymbol | None:
+        """The function or variable at `offset` of section `index` (one past its end counts: &a[N])."""
+        found = None
+        for sym in self.placed.get(index, []):
+            if sym.value <= offset < sym.value + max(sym.size, 1):
+                return sym
+            if sym.value <= offset == sym.value + sym.size:
+                found = sym
+        return found
 
-    def _key(self, index: int) -> tuple:
+    def key_of(self, sym: ObjSymbol) -> tuple:
+        """A function's or variable's identity: its bytes without relocated fields, and its relocations
+        by meaning. Without -fdata-sections variables share sections: each is its own range."""
+        assert isinstance(sym.shndx, int)
+        return self.key(sym.shndx, sym.value, sym.value + sym.size)
+
+    def key(self, index: int, start: int = 0, end: int | None = None) -> tuple:
         sec = self.obj.sections[index]
-        relocs = sorted(self.obj.relocations.get(index, []), key=lambda r: r.r_offset)
-        data = bytearray(sec.data)
-        ends = _instruction_ends(sec) if self.obj.machine == "x86_64" and sec.sh_flags & SHF_EXECINSTR \
-            and any(r.r_type in _X86_PC_RELATIVE for r in relocs) else {}
+        end = sec.sh_size if end is None else end
+        if (index, start, end) not in self._keys:
+            self._keys[(index, start, end)] = self._key(index, start, end)
+        return self._keys[(index, start, end)]
+
+    def _key(self, index: int, start: int, end: int) -> tuple:
+        sec = self.obj.sections[index]
+        relocs = sorted((r for r in self.obj.relocations.get(index, []) if start <= r.r_offset < end),
+                        key=lambda r: r.r_offset)
+        data = bytearray(sec.data[start:end])
         described = []
         for r in relocs:
             width = 8 if r.r_type in (1, 24, 257) else 4   # R_X86_64_64 / PC64, R_AARCH64_ABS64
-            data[r.r_offset:r.r_offset + width] = bytes(min(width, len(data) - r.r_offset))
-            skew = ends.get(r.r_offset, r.r_offset + 4) - r.r_offset if r.r_type in _X86_PC_RELATIVE \
-                and self.obj.machine == "x86_64" else 0
-            described.append((r.r_offset, r.r_type, self.target(r.r_sym, r.r_addend + skew)))
-        size = sec.sh_size if sec.sh_type == SHT_NOBITS else None
+            at = r.r_offset - start
+            data[at:at + width] = bytes(min(width, len(data) - at))
+            described.append((at, r.r_type, self.target(r.r_sym, r.r_addend + self.skew(index, r))))
+        size = end - start if sec.sh_type == SHT_NOBITS else None
         return (sec.sh_flags & (SHF_WRITE | SHF_EXECINSTR), size, bytes(data), tuple(described))
+
+    def skew(self, index: int, r) -> int:
+        """x86-64: what turns a PC-relative addend into the offset it reaches (the field's distance to the
+        end of its instruction; -4 only when nothing follows the field)."""
+        if self.obj.machine != "x86_64" or r.r_type not in _X86_PC_RELATIVE:
+            return 0
+        sec = self.obj.sections[index]
+        if not sec.sh_flags & SHF_EXECINSTR:
+            return 4
+        if index not in self._ends:
+            self._ends[index] = _instruction_ends(sec)
+        return self._ends[index].get(r.r_offset, r.r_offset + 4) - r.r_offset
+
+    def reach(self, index: int, r) -> tuple[int | None, int, ObjSymbol | None]:
+        """Relocation `r` of section `index`: the section it reaches, the offset there, and the function or
+        variable there (None for a literal or anonymous data, or an undefined symbol)."""
+        sym = self.obj.symbols[r.r_sym]
+        if not isinstance(sym.shndx, int) or not sym.shndx:
+            return None, 0, None
+        if not _is_label(sym):
+            return sym.shndx, sym.value, sym if sym.kind in ("func", "object", "tls") else None
+        offset = sym.value + r.r_addend + self.skew(index, r)
+        return sym.shndx, offset, self.symbol_at(sym.shndx, offset)
 
     def target(self, sym_index: int, offset: int) -> tuple:
         """What a relocation reaches, independent of where things were laid out."""
         sym = self.obj.symbols[sym_index]
-        label = sym.kind == "section" or (sym.kind == "notype" and sym.bind == "local")   # .LC0, .L...
-        if not isinstance(sym.shndx, int) or not label:
+        if not isinstance(sym.shndx, int) or not _is_label(sym):
             return ("sym", normal_name(sym.name), offset)
         offset += sym.value
-        owner = self.owner.get(sym.shndx)
+        owner = self.symbol_at(sym.shndx, offset)
         if owner is not None:
             return ("sym", normal_name(owner.name), offset - owner.value)
         sec = self.obj.sections[sym.shndx]
         if sec.sh_flags & SHF_STRINGS and 0 <= offset < len(sec.data):
             return ("str", sec.data[offset:sec.data.index(b"\0", offset) if b"\0" in sec.data[offset:]
                                     else len(sec.data)])
-        return ("anon", hashlib.sha256(repr(self.key(sym.shndx)).encode()).hexdigest(), offset)
+        return ("anon", self._anonymous(sym.shndx, offset))
+
+    def _anonymous(self, index: int, offset: int) -> str:
+        """Unnamed data (a jump table, a constant pool) from `offset` to the next named thing, by its bytes
+        and what its relocations name, one level deep (such data may point at itself)."""
+        sec = self.obj.sections[index]
+        after = [s.value for s in self.placed.get(index, []) if s.value > offset]
+        end = min(after) if after else sec.sh_size
+        relocs = [(r.r_offset - offset, r.r_type, self._shallow(r.r_sym), r.r_addend)
+                  for r in self.obj.relocations.get(index, []) if offset <= r.r_offset < end]
+        return hashlib.sha256(repr((sec.name.split(".")[1:2], sec.data[offset:end], relocs)).encode()).hexdigest()
+
+    def _shallow(self, sym_index: int) -> str:
+        sym = self.obj.symbols[sym_index]
+        if _is_label(sym) and isinstance(sym.shndx, int):
+            return self.obj.sections[sym.shndx].name
+        return normal_name(sym.name)
+
+
+def _is_label(sym: ObjSymbol) -> bool:
+    """A section symbol, or a local label (.LC0): it names a place, not a function or variable."""
+    return sym.kind == "section" or (sym.kind == "notype" and sym.bind == "local")
 
 
 def _instruction_ends(sec: Section) -> dict[int, int]:
@@ -120,7 +183,7 @@ def compare(orig: Unit, patched: Unit, source: str) -> Changes:
         before = orig.functions.get(name)
         if before is None:
             new.append(sym.name)
-        elif orig.key(before.shndx) != patched.key(sym.shndx):   # type: ignore[arg-type]
+        elif orig.key_of(before) != patched.key_of(sym):
             changed.append(sym.name)
     gone = [sym.name for name, sym in orig.functions.items() if name not in patched.functions]
     new_data, refusals = [], []
@@ -130,12 +193,12 @@ def compare(orig: Unit, patched: Unit, source: str) -> Changes:
             new_data.append(sym.name)
             continue
         sec = patched.section(sym)
-        if sym.kind == "tls" and orig.key(before.shndx) != patched.key(sym.shndx):  # type: ignore[arg-type]
+        if sym.kind == "tls" and orig.key_of(before) != patched.key_of(sym):
             refusals.append(f"{source}: thread-local variable {sym.name} changed")
         elif sym.size != before.size:
             refusals.append(f"{source}: {sym.name} changed size ({before.size} -> {sym.size} bytes): "
                             "existing data cannot change layout in a running process")
-        elif sec.sh_flags & SHF_WRITE and orig.key(before.shndx) != patched.key(sym.shndx):  # type: ignore
+        elif sec.sh_flags & SHF_WRITE and orig.key_of(before) != patched.key_of(sym):
             refusals.append(f"{source}: the initial value of {sym.name} changed: the running process "
                             "already holds its current value")
     return Changes(changed, new, gone, new_data, refusals)

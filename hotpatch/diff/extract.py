@@ -68,16 +68,15 @@ class _Extractor:
         while pending:
             index = pending.pop()
             for r in self.patched.obj.relocations.get(index, []):
-                target = self._section_of(r.r_sym)
-                if target is not None and target not in self.include and self._included(target):
+                target, _offset, there = self.patched.reach(index, r)
+                if target is not None and target not in self.include and not self._binds(there):
                     self._add_section(target)
                     pending.append(target)
         self._eh_frame()
         for index, out in list(self.include.items()):
             relocs = self._eh_relocs if index == self._eh_index else \
                 [(r.r_offset, r) for r in self.patched.obj.relocations.get(index, [])]
-            self.sections[out].relocations = [(off, r.r_type, *self._reference(r.r_sym, r.r_addend))
-                                              for off, r in relocs]
+            self.sections[out].relocations = [(off, r.r_type, *self._reference(index, r)) for off, r in relocs]
         self._define_symbols()
         replaced = [self._binary_name(self.patched.functions[normal_name(n)])
                     for n in self.changes.changed if not _COLD.search(n)]
@@ -89,21 +88,19 @@ class _Extractor:
         shndx = self.patched.obj.symbols[sym_index].shndx
         return shndx if isinstance(shndx, int) and shndx else None
 
-    def _included(self, index: int) -> bool:
-        """A referenced section goes in unless the running binary has the same thing."""
-        owner = self.patched.owner.get(index)
-        if owner is None:
-            return True   # literals, anonymous constants, jump tables
-        name = normal_name(owner.name)
-        if owner.kind == "func":
-            return name in self.wanted
-        if name in self.new_data:
-            return True
+    def _binds(self, sym: ObjSymbol | None) -> bool:
+        """A function or variable the new code uses is the running binary's own, unless it is new or
+        changed (a changed writable one was refused; a changed constant goes in as a copy)."""
+        if sym is None:
+            return False   # literals, anonymous constants, jump tables: copied
+        name = normal_name(sym.name)
+        if sym.kind == "func":
+            return name not in self.wanted
         before = self.orig.objects.get(name)
-        if before is None:
-            return True
-        same = self.orig.key(before.shndx) == self.patched.key(owner.shndx)   # type: ignore[arg-type]
-        return not same and not self.patched.obj.sections[index].sh_flags & SHF_WRITE
+        if before is None or name in self.new_data:
+            return False
+        same = self.orig.key_of(before) == self.patched.key_of(sym)
+        return same or bool(self.patched.section(sym).sh_flags & SHF_WRITE)
 
     def _add_section(self, index: int) -> None:
         sec = self.patched.obj.sections[index]
@@ -112,27 +109,28 @@ class _Extractor:
                                         sec.sh_addralign, sec.data, sec.sh_size))
 
     # -- references -------------------------------------------------------
-    def _reference(self, sym_index: int, addend: int) -> tuple[int, int]:
-        """(output symbol, addend) for a relocation against patched symbol `sym_index`."""
-        sym = self.patched.obj.symbols[sym_index]
+    def _reference(self, index: int, r) -> tuple[int, int]:
+        """(output symbol, addend) for relocation `r` of patched section `index`."""
+        sym = self.patched.obj.symbols[r.r_sym]
         if sym.shndx == "UND":
-            return self._symbol(("sym", sym.name), OutSymbol(sym.name, "notype", sym.bind, None)), addend
+            return self._symbol(("sym", sym.name), OutSymbol(sym.name, "notype", sym.bind, None)), r.r_addend
         if not isinstance(sym.shndx, int):
             raise InvalidPatch(f"{self.source}: reference to {sym.name or 'a symbol'} in section {sym.shndx}")
-        if sym.shndx in self.include:
-            if sym.kind == "section":
-                out = self.include[sym.shndx]
-                return self._symbol(("sec", out), OutSymbol("", "section", "local", out)), addend
-            return self._symbol(("idx", sym_index), self._copy(sym)), addend
-        owner = sym if sym.kind != "section" else self.patched.owner.get(sym.shndx)
-        if owner is None:
-            raise InvalidPatch(f"{self.source}: code refers to section "
-                               f"{self.patched.obj.sections[sym.shndx].name}, which has no symbol to bind")
-        name = self._binary_name(owner)
-        if owner.bind == "local":
-            name = file_local(name, self.file)
-        shift = owner.value if sym.kind == "section" else 0
-        return self._symbol(("sym", name), OutSymbol(name, "notype", "global", None)), addend - shift
+        _target, _offset, there = self.patched.reach(index, r)
+        if there is not None and self._binds(there):
+            name = self._binary_name(there)
+            if there.bind == "local":
+                name = file_local(name, self.file)
+            # section+offset becomes symbol+offset: the same place
+            shift = there.value - sym.value if sym is not there else 0
+            return self._symbol(("sym", name), OutSymbol(name, "notype", "global", None)), r.r_addend - shift
+        if sym.shndx not in self.include:
+            raise InvalidPatch(f"{self.source}: code refers to {self.patched.obj.sections[sym.shndx].name}, "
+                               "which is neither in the patch nor bound to the binary")
+        if sym.kind == "section":
+            out = self.include[sym.shndx]
+            return self._symbol(("sec", out), OutSymbol("", "section", "local", out)), r.r_addend
+        return self._symbol(("idx", sym.index), self._copy(sym)), r.r_addend
 
     def _binary_name(self, sym: ObjSymbol) -> str:
         """The name the running binary has for it: the original build's (clone numbers can differ)."""
@@ -166,7 +164,8 @@ class _Extractor:
         """Every named symbol of an included section, referenced or not (the replaced functions first of all)."""
         for sym in self.patched.obj.symbols:
             if isinstance(sym.shndx, int) and sym.shndx in self.include and sym.name \
-                    and sym.kind in ("func", "object", "notype") and ("idx", sym.index) not in self.by_key:
+                    and sym.kind in ("func", "object", "notype") and ("idx", sym.index) not in self.by_key \
+                    and not (sym.kind != "notype" and self._binds(sym)):
                 self._symbol(("idx", sym.index), self._copy(sym))
 
     # -- call frame information -------------------------------------------
@@ -206,7 +205,7 @@ class _Extractor:
         sec = obj.sections[index]
         self.sections.append(OutSection(sec.name, sec.sh_type, sec.sh_flags, sec.sh_addralign, bytes(out)))
         for _off, r in out_relocs:   # what the kept entries reach (an LSDA's table) goes in too
-            target = self._section_of(r.r_sym)
-            if target is not None and target not in self.include and self._included(target):
+            target, _o, there = self.patched.reach(index, r)
+            if target is not None and target not in self.include and not self._binds(there):
                 self._add_section(target)
         self._eh_index, self._eh_relocs = index, out_relocs

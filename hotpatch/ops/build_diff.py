@@ -37,19 +37,25 @@ from hotpatch.link.linker import plan_layout
 from hotpatch.ops.build import analyse, pick_compiler
 
 _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
-# -g changes no generated code (gcc's rule) and gives the DWARF that says why a function is in and
-# whether a struct changed layout.
-SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fasynchronous-unwind-tables", "-g"]
+# A section per function, and nothing else that changes the code: -g changes no generated code (gcc's
+# rule) and gives the DWARF that says why a function is in and whether a struct changed layout;
+# -fdata-sections would (AArch64's section anchors), so variables are told apart by their ranges.
+SECTION_FLAGS = ["-ffunction-sections", "-fasynchronous-unwind-tables", "-g"]
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".c++")
 WRAPPER = """#!/bin/sh
-# hotpatch build --diff: the compiler with one section per function and object, each compile logged
+# hotpatch build --diff: the compiler, each compile logged, with the options of $HOTPATCH_CC_FLAGS (a file,
+# one per line) added: the patched build's compiles are compared, the original build's only bring the tree
+# up to date (so it runs as fast as the project's own)
 real=%(real)s
 case " $* " in
   *" -c "*) if [ -n "$HOTPATCH_CC_LOG" ]; then
               record=$(mktemp "$HOTPATCH_CC_LOG/cc.XXXXXX") && printf '%%s\\0' "$PWD" "$real" "$@" > "$record"
             fi ;;
 esac
-exec "$real" "$@" %(flags)s
+if [ -n "$HOTPATCH_CC_FLAGS" ]; then
+  while IFS= read -r flag; do set -- "$@" "$flag"; done < "$HOTPATCH_CC_FLAGS"
+fi
+exec "$real" "$@"
 """
 
 
@@ -92,12 +98,16 @@ def build_diff(change: "DiffChange | TreeChange", source: str, binary: str, outp
 def _build(change, source, binary, output, build_cmd, flags, work, image, table, arch, warn):
     tree = os.path.join(work, "tree")
     shutil.copytree(source, tree, symlinks=True)
-    env = _wrapped_env(work, pick_compiler(arch), flags)
+    env = _wrapped_env(work, pick_compiler(arch))
+    flags_file = os.path.join(work, "cc-flags")
+    with open(flags_file, "w") as f:
+        f.write("".join(flag + "\n" for flag in flags))
     command = build_cmd or _recognise(tree)
     logs = os.path.join(work, "compiles")
     _run_build(command, tree, env, os.path.join(logs, "original"), "the original build")
     change.apply(tree)
-    compiles = _run_build(command, tree, env, os.path.join(logs, "patched"), "the patched build")
+    compiles = _run_build(command, tree, {**env, "HOTPATCH_CC_FLAGS": flags_file}, os.path.join(logs, "patched"),
+                          "the patched build")
     compiles = [c for c in compiles if c.source.endswith(SOURCE_SUFFIXES)]
     if not compiles:
         raise InvalidPatch("the diff made the build recompile no C or C++ file",
@@ -169,7 +179,7 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
     return meta
 
 
-def _wrapped_env(work: str, cc: str, flags: list[str]) -> dict:
+def _wrapped_env(work: str, cc: str) -> dict:
     """PATH with gcc, cc, g++, c++ (and CC, CXX) that wrap the real compilers."""
     shims = os.path.join(work, "bin")
     os.makedirs(shims)
@@ -180,7 +190,7 @@ def _wrapped_env(work: str, cc: str, flags: list[str]) -> dict:
             continue
         path = os.path.join(shims, name)
         with open(path, "w") as f:
-            f.write(WRAPPER % {"real": shlex.quote(found), "flags": " ".join(map(shlex.quote, flags))})
+            f.write(WRAPPER % {"real": shlex.quote(found)})
         os.chmod(path, 0o755)
     env = dict(os.environ)
     env["PATH"] = shims + os.pathsep + env.get("PATH", "")
@@ -442,8 +452,8 @@ def _gone_still_called(orig: Unit, changes) -> list[str]:
                 out.append(name)
             continue
         for index, relocs in orig.obj.relocations.items():
-            caller = orig.owner.get(index)
-            if caller is None or caller.kind != "func" or normal_name(caller.name) in changed:
+            callers = {normal_name(c.name) for c in orig.placed.get(index, []) if c.kind == "func"}
+            if not callers or callers & changed:
                 continue
             if any(orig.obj.symbols[r.r_sym].shndx == sym.shndx for r in relocs):
                 out.append(name)

@@ -53,7 +53,7 @@ def main() -> None:
     for spec in specs:
         builder(spec)
     builder.write_manifest()
-    programs = sum(isinstance(s, harness.Program) for s in specs)
+    programs = sum(isinstance(s, (harness.Program, harness.Project)) for s in specs)
     print(f"{programs} programs and {len(specs) - programs} patches for {len(files)} arm64 scenarios in {OUT}")
 
 
