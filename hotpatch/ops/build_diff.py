@@ -49,7 +49,7 @@ WRAPPER = """#!/bin/sh
 real=%(real)s
 case " $* " in
   *" -c "*) if [ -n "$HOTPATCH_CC_LOG" ]; then
-              record=$(mktemp "$HOTPATCH_CC_LOG/cc.XXXXXX") && printf '%%s\\0' "$PWD" "$real" "$@" > "$record"
+              printf '%%s\\0' "$PWD" "$real" "$@" > "$HOTPATCH_CC_LOG/cc.$$"
             fi ;;
 esac
 if [ -n "$HOTPATCH_CC_FLAGS" ]; then
@@ -104,7 +104,7 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
         f.write("".join(flag + "\n" for flag in flags))
     command = build_cmd or _recognise(tree)
     logs = os.path.join(work, "compiles")
-    _run_build(command, tree, env, os.path.join(logs, "original"), "the original build")
+    _run_build(command, tree, env, None, "the original build")
     change.apply(tree)
     compiles = _run_build(command, tree, {**env, "HOTPATCH_CC_FLAGS": flags_file}, os.path.join(logs, "patched"),
                           "the patched build")
@@ -112,15 +112,16 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
     if not compiles:
         raise InvalidPatch("the diff made the build recompile no C or C++ file",
                            "check that the diff changes the sources the binary is built from")
-    patched = [_read_object(c.output, c.source) for c in compiles]
-    patched_debug = [_read_debug(c.output) for c in compiles]
     change.revert(tree)
-    originals, original_debug = [], []
-    for n, c in enumerate(compiles):
-        out = os.path.join(work, f"original-{n}.o")
-        _compile_as(c, out, env, flags)
-        originals.append(_read_object(out, c.source))
-        original_debug.append(_read_debug(out))
+    outs = [os.path.join(work, f"original-{n}.o") for n in range(len(compiles))]
+    running = _compile_originals(compiles, outs, env, flags)
+    try:   # read the patched objects while the originals compile
+        patched = [_read_object(c.output, c.source) for c in compiles]
+        patched_debug = [_read_debug(c.output) for c in compiles]
+    finally:
+        _finish(running)
+    originals = [_read_object(out, c.source) for c, out in zip(compiles, outs)]
+    original_debug = [_read_debug(out) for out in outs]
     change.apply(tree)   # --keep-tree leaves the patched tree, built
 
     touched = change.touched()
@@ -212,13 +213,17 @@ def _recognise(tree: str) -> str:
                      "give the project's build command with --build")
 
 
-def _run_build(command: str, tree: str, env: dict, log: str, what: str) -> list[Compile]:
-    os.makedirs(log)
-    proc = subprocess.run(command, shell=True, cwd=tree, env={**env, "HOTPATCH_CC_LOG": log},
-                          capture_output=True, text=True)
+def _run_build(command: str, tree: str, env: dict, log: str | None, what: str) -> list[Compile]:
+    """Run the project's build; with `log`, the compiles it made (the wrapper's records)."""
+    if log is not None:
+        os.makedirs(log)
+        env = {**env, "HOTPATCH_CC_LOG": log}
+    proc = subprocess.run(command, shell=True, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise InvalidPatch(f"{what} failed (`{command}` exit {proc.returncode}); its output is above")
+    if log is None:
+        return []
     return [c for c in (_parse_record(os.path.join(log, n)) for n in sorted(os.listdir(log))) if c]
 
 
@@ -245,19 +250,36 @@ def _parse_record(path: str) -> Compile | None:
     return Compile(cwd, argv, sources[0], os.path.join(cwd, out))
 
 
-def _compile_as(c: Compile, out: str, env: dict, flags: list[str]) -> None:
-    argv, skip = [], 0
-    for a in c.argv:
-        if skip:
-            skip -= 1
-        elif a in ("-o", "-MF", "-MT", "-MQ"):
-            skip = 1          # the output and dependency files are the build's, not ours
-        elif not a.startswith(("-o", "-MF", "-MT", "-MQ")) and a not in ("-MD", "-MMD", "-MP", "-MG"):
-            argv.append(a)
-    proc = subprocess.run([*argv, *flags, "-o", out], cwd=c.cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise InvalidPatch(f"compiling the original {c.source} failed (exit {proc.returncode})")
+def _compile_originals(compiles: list[Compile], outs: list[str], env: dict, flags: list[str]) -> list:
+    """Start compiling each file's original, from its own command line, a few at a time (the caller works
+    meanwhile; _finish waits)."""
+    running = []
+    for c, out in zip(compiles, outs):
+        argv, skip = [], 0
+        for a in c.argv:
+            if skip:
+                skip -= 1
+            elif a in ("-o", "-MF", "-MT", "-MQ"):
+                skip = 1          # the output and dependency files are the build's, not ours
+            elif not a.startswith(("-o", "-MF", "-MT", "-MQ")) and a not in ("-MD", "-MMD", "-MP", "-MG"):
+                argv.append(a)
+        if len([p for p in running if p[0].poll() is None]) >= (os.cpu_count() or 1):
+            running[-1][0].wait()
+        proc = subprocess.Popen([*argv, *flags, "-o", out], cwd=c.cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        running.append((proc, c))
+    return running
+
+
+def _finish(running: list) -> None:
+    failed = None
+    for proc, c in running:
+        err = proc.communicate()[1]
+        if proc.returncode != 0 and failed is None:
+            sys.stderr.write(err[-4000:])
+            failed = InvalidPatch(f"compiling the original {c.source} failed (exit {proc.returncode})")
+    if failed is not None:
+        raise failed
 
 
 class DiffChange:
