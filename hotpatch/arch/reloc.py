@@ -27,6 +27,7 @@ class RelocType:
     needs_got: bool = False    # the symbol needs a GOT slot in the image
     is_call: bool = False      # out of range: route through a stub/veneer instead of failing
     refusal: str | None = None  # a known type we do not support, and what to do instead
+    low: bool = False          # an absolute 32-bit address: the image must lie in the low 2 GiB
 
 
 def int_field(width: int, signed: bool) -> Store:

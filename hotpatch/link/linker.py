@@ -33,6 +33,7 @@ _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", 
 Resolver = Callable[[str], int | None]
 MAX_IMAGE_SIZE = 64 << 20   # a patch is functions, not a program: refuse what would flood the target
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"   # the image's own GOT, never the target's
+LOW_LIMIT = 1 << 31   # an image with absolute 32-bit relocations ends below this (R_X86_64_32S: signed)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class LayoutPlan:
     eh_frame: tuple[int, int] | None = None   # offset and size of .eh_frame (terminator included)
     trap_offset: int = 0
     frame_object_offset: int | None = None
+    low: bool = False   # absolute 32-bit relocations: the image must lie below LOW_LIMIT
 
     def link(self, base: int, resolve: Resolver) -> LinkedImage:
         return _link(self, base, resolve)
@@ -124,6 +126,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     got_keys: dict[str | int, None] = {}
     stub_keys: dict[str, None] = {}
     undefined: dict[str, None] = {}
+    low = False
     for target, relocs in obj.relocations.items():
         if _classify(obj.sections[target]) is None:
             continue
@@ -137,6 +140,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
                                       f"supported: {rtype.refusal}")
             sym = obj.symbols[r.r_sym]
             key = _symbol_key(obj, r.r_sym)
+            low = low or rtype.low
             if rtype.needs_got:
                 got_keys[key] = None
             if rtype.is_call and sym.shndx == "UND":
@@ -192,7 +196,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
                            "is allowed", "a patch holds replacement functions, not a program")
     return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
                       stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame,
-                      trap_offset, frame_object_offset)
+                      trap_offset, frame_object_offset, low)
 
 
 def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:

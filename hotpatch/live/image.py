@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from hotpatch.errors import RemoteSyscallError
-from hotpatch.link.linker import LayoutPlan, LinkedImage
+from hotpatch.link.linker import LOW_LIMIT, LayoutPlan, LinkedImage
 from hotpatch.linux import (
     EEXIST,
     MAP_ANONYMOUS,
@@ -32,15 +32,16 @@ MAX_PLACEMENT_TRIES = 16
 ANYWHERE = 0x7F00_0000_0000   # a link address for checks when no hole is near: far forms are used
 
 
-def candidates(proc: Process, maps: list[Mapping], module: Module, size: int) -> list[int]:
-    """Free addresses from which the image reaches the module with the short jump forms, nearest first."""
+def candidates(proc: Process, maps: list[Mapping], module: Module, size: int, low: bool = False) -> list[int]:
+    """Free addresses from which the image reaches the module with the short jump forms, nearest first;
+    with `low` (absolute 32-bit relocations, a non-PIE program's code) only those below LOW_LIMIT."""
     if os.environ.get("HOTPATCH_FAR_IMAGE"):   # test hook: exercise the far jump forms
         return []
     arch, out = proc.arch, []
     for reach in (arch.branch_reach, arch.fallback_reach):
         if reach:
             out += [a for a in candidate_addresses(maps, module.start, module.end, size, proc.page_size, reach)
-                    if a not in out]
+                    if a not in out and (not low or a + size <= LOW_LIMIT)]
     return out
 
 

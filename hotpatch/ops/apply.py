@@ -72,7 +72,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     # Link and build the jumps for the intended address before anything is
     # mapped: an unresolved symbol, an out-of-range relocation or a function
     # too short for the jump is refused with the process untouched.
-    addresses = image.candidates(proc, maps, module, plan.size)
+    addresses = image.candidates(proc, maps, module, plan.size, plan.low)
     intended = addresses[0] if addresses else image.ANYWHERE
     linked = plan.link(intended, resolved.get)
     tramps = trampolines.plan(meta, module, linked, arch, proc.mem)

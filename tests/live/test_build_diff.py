@@ -265,3 +265,25 @@ def test_function_static_and_line_numbers(tmp_path, project, spawn):
     assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
     assert t.ask("ticket") == "12"                 # the running counter, not a copy starting at 0
     assert int(t.ask("where")) == line + 2         # the function's line moved by the two added lines
+
+
+def test_non_pie_program(tmp_path, spawn):
+    """A non-PIE build: the project's objects address data with absolute 32-bit relocations, so the image
+    is mapped in the low 2 GiB, near the program."""
+    src = str(tmp_path / "src")
+    shutil.copytree(PROJECT, src)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    make = "make CFLAGS='-O2 -g -fno-pie -no-pie'"
+    subprocess.run(make, shell=True, cwd=built, check=True, capture_output=True)
+    fix = tmp_path / "fix.patch"
+    fix.write_text(make_diff(src, FIX))
+    out = str(tmp_path / "fix.hp")
+    r = hotpatch("build", "--diff", str(fix), "--source", src, "--target", str(built / "service"), "--build", make,
+                 "-o", out)
+    assert r.returncode == 0, r.stderr
+    t = spawn(str(built / "service"))
+    r = hotpatch(str(t.pid), out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert int(json.loads(r.stdout)["image"]["base"], 16) < 1 << 31
+    assert t.ask("greet al") == "hi, al (greeting 1)" and t.ask("ok 50") == "0" and t.ask("seven") == "28"

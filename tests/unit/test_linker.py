@@ -3,6 +3,7 @@
 
 import os
 import struct
+import subprocess
 import tempfile
 
 import pytest
@@ -94,3 +95,25 @@ def test_pc32_overflow_is_an_error():
     assert load.mnemonic == "mov" and load.address + load.size + load.disp == 0x5555_1000_0000
     with pytest.raises(RelocationError, match="R_X86_64_PC32"):
         plan.link(0x5555_0000_0000, {"far_data": 0x7F00_0000_0000}.get)
+
+
+def test_non_pic_code_links_only_low(obj):
+    """Code compiled without -fPIC (a non-PIE program's own objects, as build --diff compiles them) has
+    absolute 32-bit relocations: the plan says the image must be low, and linking it high overflows."""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "nopic.c")
+        with open(src, "w") as f:
+            f.write('const char *name(void) { return "fixed"; }\n')
+        out = os.path.join(d, "nopic.o")
+        subprocess.run([CC, "-O2", "-fno-pic", "-mcmodel=small", "-c", src, "-o", out], check=True)
+        with open(out, "rb") as f:
+            nopic = parse_relocatable(f.read())
+    plan = plan_layout(nopic, ARCH, header_size=4096)
+    assert plan.low
+    image = plan.link(0x3F0000, {}.get)
+    insns = disasm(image, image.symbols["name"], 2)
+    assert insns[0].mnemonic == "mov" and insns[0].operands[1].imm == image.base + plan.section_offsets[
+        next(i for i, s in nopic.sections.items() if s.name.startswith(".rodata"))]
+    with pytest.raises(RelocationError, match="overflow"):
+        plan.link(0x5555_0000_0000, {}.get)
+    assert not plan_layout(obj, ARCH, header_size=4096).low   # hotpatch build's -fPIC code: anywhere

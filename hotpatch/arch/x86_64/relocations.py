@@ -3,7 +3,6 @@
 from hotpatch.arch import reloc as R
 
 TLS_WHY = "thread-local variables in a patch are not supported; use a global or a static variable"
-PIC_WHY = "absolute 32-bit address: build the patch with -fPIC (hotpatch build does)"
 LARGE_WHY = "large code model: build without -mcmodel=large"
 
 RELOCATIONS: dict[int, R.RelocType] = {
@@ -11,8 +10,10 @@ RELOCATIONS: dict[int, R.RelocType] = {
     2: R.RelocType("R_X86_64_PC32", R.pc_relative, R.int_field(4, True), 4),
     4: R.RelocType("R_X86_64_PLT32", R.pc_relative, R.int_field(4, True), 4, is_call=True),
     9: R.RelocType("R_X86_64_GOTPCREL", R.got_pc_relative, R.int_field(4, True), 4, needs_got=True),
-    10: R.unsupported("R_X86_64_32", PIC_WHY),
-    11: R.unsupported("R_X86_64_32S", PIC_WHY),
+    # Non-PIC code (a non-PIE program's own objects, as build --diff compiles them): linked when the image
+    # is mapped in the low 2 GiB, as the program itself is; hotpatch build's -fPIC never emits them.
+    10: R.RelocType("R_X86_64_32", R.absolute, R.int_field(4, False), 4, low=True),
+    11: R.RelocType("R_X86_64_32S", R.absolute, R.int_field(4, True), 4, low=True),
     19: R.unsupported("R_X86_64_TLSGD", TLS_WHY),
     20: R.unsupported("R_X86_64_TLSLD", TLS_WHY),
     21: R.unsupported("R_X86_64_DTPOFF32", TLS_WHY),
