@@ -224,7 +224,14 @@ def _run_build(command: str, tree: str, env: dict, log: str | None, what: str) -
         raise InvalidPatch(f"{what} failed (`{command}` exit {proc.returncode}); its output is above")
     if log is None:
         return []
-    return [c for c in (_parse_record(os.path.join(log, n)) for n in sorted(os.listdir(log))) if c]
+    # Compiles whose object is gone were probes (configure's conftest.c), not the build's; an object
+    # compiled twice counts once, as last made.
+    made: dict[str, Compile] = {}
+    for n in sorted(os.listdir(log), key=lambda n: os.stat(os.path.join(log, n)).st_mtime_ns):
+        c = _parse_record(os.path.join(log, n))
+        if c is not None and os.path.isfile(c.output) and os.path.isfile(os.path.join(c.cwd, c.source)):
+            made[os.path.realpath(c.output)] = c
+    return list(made.values())
 
 
 def _parse_record(path: str) -> Compile | None:

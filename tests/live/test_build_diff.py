@@ -287,3 +287,34 @@ def test_non_pie_program(tmp_path, spawn):
     assert r.returncode == 0, r.stderr
     assert int(json.loads(r.stdout)["image"]["base"], 16) < 1 << 31
     assert t.ask("greet al") == "hi, al (greeting 1)" and t.ask("ok 50") == "0" and t.ask("seven") == "28"
+
+
+CONFIGURE = """#!/bin/sh
+# A configure as autoconf writes them, reduced: probe the compiler (a conftest.c compiled and removed),
+# then write the Makefile.
+: "${CC:=gcc}"
+echo 'int main(void) { return 0; }' > conftest.c
+$CC -c conftest.c -o conftest.o && rm -f conftest.c conftest.o || exit 1
+sed "s|@CC@|$CC|" Makefile.in > Makefile
+"""
+
+
+def test_configure_project(tmp_path, spawn):
+    """A project with a configure script (no Makefile until it runs): recognised and driven without
+    --build; the compiler probes configure makes are not taken for the build's compiles."""
+    src = tmp_path / "src"
+    shutil.copytree(PROJECT, src)
+    (src / "Makefile.in").write_text((src / "Makefile").read_text().replace("CC ?= gcc", "CC = @CC@"))
+    os.remove(src / "Makefile")
+    os.remove(src / "CMakeLists.txt")
+    (src / "configure").write_text(CONFIGURE)
+    os.chmod(src / "configure", 0o755)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run("./configure && make", shell=True, cwd=built, check=True, capture_output=True)
+    r = build(tmp_path, str(src), str(built / "service"), FIX)
+    assert r.returncode == 0, r.stderr
+    assert all(f in r.stdout for f in ("limit_ok", "greet", "scaled")), r.stdout
+    t = spawn(str(built / "service"))
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
