@@ -208,7 +208,7 @@ def _recognise(tree: str) -> str:
     if os.path.isfile(os.path.join(tree, "CMakeLists.txt")):
         return f"cmake -S . -B _build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build _build -j{jobs}"
     if os.path.isfile(os.path.join(tree, "meson.build")):
-        return f"meson setup _build && ninja -C _build -j{jobs}"
+        return f"(test -d _build || meson setup _build --buildtype=debugoptimized) && ninja -C _build -j{jobs}"
     raise UsageError(f"no build system recognised in {tree} (Makefile, configure, CMakeLists.txt, meson.build)",
                      "give the project's build command with --build")
 

@@ -318,3 +318,21 @@ def test_configure_project(tmp_path, spawn):
     t = spawn(str(built / "service"))
     assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
     assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
+
+
+@pytest.mark.skipif(shutil.which("meson") is None, reason="meson is not installed (.ci/run installs it)")
+def test_meson_project(tmp_path, spawn):
+    """The same project built by Meson and ninja (no Makefile, no CMakeLists.txt)."""
+    src = tmp_path / "src"
+    shutil.copytree(PROJECT, src)
+    os.remove(src / "Makefile")
+    os.remove(src / "CMakeLists.txt")
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run("meson setup _build --buildtype=debugoptimized && ninja -C _build", shell=True, cwd=built,
+                   check=True, capture_output=True)
+    r = build(tmp_path, str(src), str(built / "_build" / "service"), FIX)
+    assert r.returncode == 0, r.stderr
+    t = spawn(str(built / "_build" / "service"))
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
