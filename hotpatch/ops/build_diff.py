@@ -1,14 +1,16 @@
 """`hotpatch build --diff`: from a fix (unified diffs) and the source of a running binary, a patch file.
 
 The source tree is copied (the user's is never touched) and built once with
-the project's own build command, the compiler wrapped: it adds function and
-data sections and unwind tables, and logs each compile. The diffs are then
-applied and the build run again, so only what they touch recompiles (the build
-system's own dependencies decide). For each translation unit recompiled, the
-original object is compiled from the same command line with the diffs taken
-back out, and the two objects are compared (diff/compare.py); what changed is
-extracted into one object (diff/extract.py) and goes through the same checks
-and encoding as a hand-written patch (ops/build.py).
+the project's own build command, the compilers on PATH and in CC/CXX wrapped.
+The diffs are then applied and the build run again, so only what they touch
+recompiles (the build system's own dependencies decide), this time with a
+section per function, unwind tables and debug information added and each
+compile's object kept. Then the diffs are taken back out and the build run a
+third time: the same files recompile as they were, generated sources
+regenerated from their own inputs. The two objects of each file are compared
+(diff/compare.py); what changed is extracted into one object
+(diff/extract.py) and goes through the same checks and encoding as a
+hand-written patch (ops/build.py).
 """
 
 import difflib
@@ -43,28 +45,37 @@ _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
 SECTION_FLAGS = ["-ffunction-sections", "-fasynchronous-unwind-tables", "-g"]
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".c++")
 WRAPPER = """#!/bin/sh
-# hotpatch build --diff: the compiler, each compile logged, with the options of $HOTPATCH_CC_FLAGS (a file,
-# one per line) added: the patched build's compiles are compared, the original build's only bring the tree
-# up to date (so it runs as fast as the project's own)
-real=%(real)s
-case " $* " in
-  *" -c "*) if [ -n "$HOTPATCH_CC_LOG" ]; then
-              printf '%%s\\0' "$PWD" "$real" "$@" > "$HOTPATCH_CC_LOG/cc.$$"
-            fi ;;
-esac
+# hotpatch build --diff: the compiler. With $HOTPATCH_CC_FLAGS (a file, one option per line) those options
+# are added; with $HOTPATCH_CC_LOG each compile is logged there with a copy of its object, taken before the
+# build can rename or remove it. The original build has neither: it runs as the project's own.
+compile=
+case " $* " in *" -c "*) compile=1 ;; esac
 if [ -n "$HOTPATCH_CC_FLAGS" ]; then
   while IFS= read -r flag; do set -- "$@" "$flag"; done < "$HOTPATCH_CC_FLAGS"
 fi
-exec "$real" "$@"
+if [ -z "$compile" ] || [ -z "$HOTPATCH_CC_LOG" ]; then
+  exec %(real)s "$@"
+fi
+%(real)s "$@" || exit
+out= prev=
+for a; do
+  [ "$prev" = "-o" ] && out=$a
+  case $a in -o?*) out=${a#-o} ;; esac
+  prev=$a
+done
+record="$HOTPATCH_CC_LOG/cc.$$"
+[ -n "$out" ] && cp "$out" "$record.o"
+printf '%%s\\0' "$PWD" "$@" > "$record"
 """
 
 
 @dataclass
 class Compile:
     cwd: str
-    argv: list[str]        # the real compiler, then the build's own arguments
+    argv: list[str]        # the build's own arguments, then ours
     source: str
-    output: str
+    output: str            # where the build put the object
+    object: str            # the object as the compiler made it (a copy in the log, or the output itself)
 
 
 def build_diff(change: "DiffChange | TreeChange", source: str, binary: str, output: str,
@@ -104,25 +115,31 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
         f.write("".join(flag + "\n" for flag in flags))
     command = build_cmd or _recognise(tree)
     logs = os.path.join(work, "compiles")
+    flagged = {**env, "HOTPATCH_CC_FLAGS": flags_file}
     _run_build(command, tree, env, None, "the original build")
     change.apply(tree)
-    compiles = _run_build(command, tree, {**env, "HOTPATCH_CC_FLAGS": flags_file}, os.path.join(logs, "patched"),
-                          "the patched build")
-    compiles = [c for c in compiles if c.source.endswith(SOURCE_SUFFIXES)]
+    compiles = _pick(_run_build(command, tree, flagged, os.path.join(logs, "patched"), "the patched build"),
+                     binary)
     if not compiles:
         raise InvalidPatch("the diff made the build recompile no C or C++ file",
                            "check that the diff changes the sources the binary is built from")
     change.revert(tree)
-    outs = [os.path.join(work, f"original-{n}.o") for n in range(len(compiles))]
-    running = _compile_originals(compiles, outs, env, flags)
-    try:   # read the patched objects while the originals compile
-        patched = [_read_object(c.output, c.source) for c in compiles]
-        patched_debug = [_read_debug(c.output) for c in compiles]
-    finally:
-        _finish(running)
-    originals = [_read_object(out, c.source) for c, out in zip(compiles, outs)]
-    original_debug = [_read_debug(out) for out in outs]
-    change.apply(tree)   # --keep-tree leaves the patched tree, built
+    third = _start_build(command, tree, flagged, os.path.join(logs, "original"))
+    try:   # read the patched objects while the originals build
+        patched = [_read_object(c.object, c.source) for c in compiles]
+        patched_debug = [_read_debug(c.object) for c in compiles]
+    except BaseException:
+        third.kill()
+        third.wait()
+        raise
+    rebuilt = {os.path.realpath(c.output): c for c in _finish_build(third, command, "the build without the diff")}
+    missing = [c.source for c in compiles if os.path.realpath(c.output) not in rebuilt]
+    if missing:
+        raise InvalidPatch(f"with the diff taken back, the build did not recompile {', '.join(missing[:3])}: "
+                           "its dependencies do not cover what the diff changes", "give a --build that does")
+    before = [rebuilt[os.path.realpath(c.output)] for c in compiles]
+    originals = [_read_object(c.object, c.source) for c in before]
+    original_debug = [_read_debug(c.object) for c in before]
 
     touched = change.touched()
     objects, picks, refusals, origin = [], {}, [], {}
@@ -181,17 +198,19 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
 
 
 def _wrapped_env(work: str, cc: str) -> dict:
-    """PATH with gcc, cc, g++, c++ (and CC, CXX) that wrap the real compilers."""
+    """PATH with gcc, cc, g++, c++ (and CC, CXX) that wrap the real compilers ($CC's words kept: a launcher
+    such as ccache, options such as -m32; each program word resolved, so none finds the wrapper again)."""
     shims = os.path.join(work, "bin")
     os.makedirs(shims)
     cxx = os.environ.get("CXX", "g++")
     for name, real in (("gcc", cc), ("cc", cc), ("g++", cxx), ("c++", cxx)):
-        found = shutil.which(shlex.split(real)[0])
-        if found is None:
+        words = shlex.split(real)
+        resolved = [w if w.startswith("-") else shutil.which(w) for w in words]
+        if not words or None in resolved:
             continue
         path = os.path.join(shims, name)
         with open(path, "w") as f:
-            f.write(WRAPPER % {"real": shlex.quote(found)})
+            f.write(WRAPPER % {"real": shlex.join(resolved)})   # type: ignore[arg-type]
         os.chmod(path, 0o755)
     env = dict(os.environ)
     env["PATH"] = shims + os.pathsep + env.get("PATH", "")
@@ -215,21 +234,34 @@ def _recognise(tree: str) -> str:
 
 def _run_build(command: str, tree: str, env: dict, log: str | None, what: str) -> list[Compile]:
     """Run the project's build; with `log`, the compiles it made (the wrapper's records)."""
+    return _finish_build(_start_build(command, tree, env, log), command, what)
+
+
+def _start_build(command: str, tree: str, env: dict, log: str | None) -> subprocess.Popen:
     if log is not None:
         os.makedirs(log)
         env = {**env, "HOTPATCH_CC_LOG": log}
-    proc = subprocess.run(command, shell=True, cwd=tree, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(command, shell=True, cwd=tree, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc.log = log   # type: ignore[attr-defined]
+    return proc
+
+
+def _finish_build(proc: subprocess.Popen, command: str, what: str) -> list[Compile]:
+    output = proc.communicate()[0].decode(errors="replace")
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        sys.stderr.write(output[-8000:])
         raise InvalidPatch(f"{what} failed (`{command}` exit {proc.returncode}); its output is above")
+    log = proc.log   # type: ignore[attr-defined]
     if log is None:
         return []
-    # Compiles whose object is gone were probes (configure's conftest.c), not the build's; an object
+    # A compile whose source is gone was a probe (configure's conftest.c), not the build's; an object
     # compiled twice counts once, as last made.
     made: dict[str, Compile] = {}
-    for n in sorted(os.listdir(log), key=lambda n: os.stat(os.path.join(log, n)).st_mtime_ns):
+    records = [n for n in os.listdir(log) if not n.endswith(".o")]
+    for n in sorted(records, key=lambda n: os.stat(os.path.join(log, n)).st_mtime_ns):
         c = _parse_record(os.path.join(log, n))
-        if c is not None and os.path.isfile(c.output) and os.path.isfile(os.path.join(c.cwd, c.source)):
+        if c is not None and os.path.isfile(c.object) and os.path.isfile(os.path.join(c.cwd, c.source)):
             made[os.path.realpath(c.output)] = c
     return list(made.values())
 
@@ -237,10 +269,10 @@ def _run_build(command: str, tree: str, env: dict, log: str | None, what: str) -
 def _parse_record(path: str) -> Compile | None:
     with open(path, "rb") as f:
         fields = f.read().decode(errors="surrogateescape").split("\0")[:-1]
-    if len(fields) < 3:
+    if len(fields) < 2:
         return None
     cwd, argv = fields[0], fields[1:]
-    sources = [a for a in argv[1:] if a.endswith(SOURCE_SUFFIXES) and not a.startswith("-")]
+    sources = [a for a in argv if a.endswith(SOURCE_SUFFIXES) and not a.startswith("-")]
     if not sources:
         return None   # assembly, or a compile of nothing we compare
     if len(sources) > 1:
@@ -254,39 +286,25 @@ def _parse_record(path: str) -> Compile | None:
             out = a[2:]
     if out is None:
         out = os.path.splitext(os.path.basename(sources[0]))[0] + ".o"
-    return Compile(cwd, argv, sources[0], os.path.join(cwd, out))
+    output = os.path.join(cwd, out)
+    copy = path + ".o"
+    return Compile(cwd, argv, sources[0], output, copy if os.path.isfile(copy) else output)
 
 
-def _compile_originals(compiles: list[Compile], outs: list[str], env: dict, flags: list[str]) -> list:
-    """Start compiling each file's original, from its own command line, a few at a time (the caller works
-    meanwhile; _finish waits)."""
-    running = []
-    for c, out in zip(compiles, outs):
-        argv, skip = [], 0
-        for a in c.argv:
-            if skip:
-                skip -= 1
-            elif a in ("-o", "-MF", "-MT", "-MQ"):
-                skip = 1          # the output and dependency files are the build's, not ours
-            elif not a.startswith(("-o", "-MF", "-MT", "-MQ")) and a not in ("-MD", "-MMD", "-MP", "-MG"):
-                argv.append(a)
-        if len([p for p in running if p[0].poll() is None]) >= (os.cpu_count() or 1):
-            running[-1][0].wait()
-        proc = subprocess.Popen([*argv, *flags, "-o", out], cwd=c.cwd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        running.append((proc, c))
-    return running
-
-
-def _finish(running: list) -> None:
-    failed = None
-    for proc, c in running:
-        err = proc.communicate()[1]
-        if proc.returncode != 0 and failed is None:
-            sys.stderr.write(err[-4000:])
-            failed = InvalidPatch(f"compiling the original {c.source} failed (exit {proc.returncode})")
-    if failed is not None:
-        raise failed
+def _pick(compiles: list[Compile], binary: str) -> list[Compile]:
+    """C and C++ compiles, one per source file: a file built twice (static and shared objects) counts as
+    built the way the target was (position-independent for a shared library)."""
+    shared = ".so" in os.path.basename(binary)
+    by_source: dict[str, list[Compile]] = {}
+    for c in compiles:
+        if c.source.endswith(SOURCE_SUFFIXES):
+            by_source.setdefault(os.path.realpath(os.path.join(c.cwd, c.source)), []).append(c)
+    out = []
+    for group in by_source.values():
+        pic = [c for c in group if any(a in ("-fPIC", "-fpic", "-DPIC") for a in c.argv)]
+        plain = [c for c in group if c not in pic]
+        out.append(((pic if shared else plain) or group)[-1])
+    return out
 
 
 class DiffChange:

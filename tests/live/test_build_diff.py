@@ -202,9 +202,9 @@ def test_two_trees_instead_of_diffs(tmp_path, project, spawn):
     r = hotpatch("build", "--orig", src, "--patched", str(new), "--target", binary, "-o",
                  str(tmp_path / "fix.hp"), "--cflags", "-fno-plt", "--keep-tree", str(kept), "--json")
     assert r.returncode == 0, r.stderr
-    with open(kept / "original-0.o", "rb") as f:
-        assert "-fno-plt" in read_debug(f.read()).producer     # the compile of the original had it too
-    assert "-fno-plt" in read_debug((kept / "tree" / "limits.o").read_bytes()).producer
+    for build in ("original", "patched"):                       # both compiles of limits.c had it
+        (obj,) = (kept / "compiles" / build).glob("*.o")
+        assert "-fno-plt" in read_debug(obj.read_bytes()).producer
     report = json.loads(r.stdout)
     assert report["status"] == "built" and report["replaces"] == ["limit_ok"], report
     info = hotpatch("info", str(tmp_path / "fix.hp"))
@@ -336,3 +336,58 @@ def test_meson_project(tmp_path, spawn):
     t = spawn(str(built / "_build" / "service"))
     assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
     assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
+
+
+GENERATED = """CC ?= gcc
+CFLAGS ?= -O2 -g
+OBJS = main.o greet.o limits.o
+
+service: $(OBJS)
+\t$(CC) $(CFLAGS) -Wl,--build-id -o $@ $(OBJS)
+
+# limits.c is generated from limits.c.in; objects are written under a temporary name, then renamed
+limits.c: limits.c.in
+\tcp limits.c.in limits.c
+
+%.o: %.c util.h
+\t$(CC) $(CFLAGS) -c -o $@.tmp $< && mv $@.tmp $@
+"""
+
+
+def test_generated_source_and_renamed_objects(tmp_path, spawn):
+    """The fix changes the input a source file is generated from, and the build writes each object under a
+    temporary name: the originals come from the build itself with the diff taken back (the generated file
+    regenerated), and each object is kept as the compiler wrote it."""
+    src = tmp_path / "src"
+    shutil.copytree(PROJECT, src)
+    os.rename(src / "limits.c", src / "limits.c.in")
+    (src / "Makefile").write_text(GENERATED)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    edits = {"limits.c.in": FIX["limits.c"], "greet.c": FIX["greet.c"]}
+    r = build(tmp_path, str(src), str(built / "service"), edits)
+    assert r.returncode == 0, r.stderr
+    assert all(f in r.stdout for f in ("limit_ok", "greet", "scaled")), r.stdout
+    t = spawn(str(built / "service"))
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("ok 50") == "0" and t.ask("greet al") == "hi, al (greeting 1)"
+
+
+def test_compiler_with_options_in_cc(tmp_path, spawn):
+    """CC="gcc -DTALLY_STEP=5": the words after the compiler reach every compile the wrapper makes."""
+    src = tmp_path / "src"
+    shutil.copytree(PROJECT, src)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    cc = "gcc -DTALLY_STEP=5"
+    subprocess.run(["make", "-s", f"CC={cc}"], cwd=built, check=True, capture_output=True)
+    fix = tmp_path / "fix.patch"
+    fix.write_text(make_diff(str(src), {"limits.c": [("if (n < 0)", "if (n < 1)")]}))
+    r = hotpatch("build", "--diff", str(fix), "--source", str(src), "--target", str(built / "service"),
+                 "-o", str(tmp_path / "fix.hp"), env={"CC": cc})
+    assert r.returncode == 0, r.stderr
+    t = spawn(str(built / "service"))
+    assert t.ask("tally 3") == "5"
+    assert hotpatch(str(t.pid), str(tmp_path / "fix.hp")).returncode == 0
+    assert t.ask("tally 3") == "10"                 # still steps of 5: the patch was compiled with -DTALLY_STEP=5
