@@ -24,6 +24,7 @@ from hotpatch.elf.relocatable import SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS, ObjSy
 SHF_MERGE, SHF_STRINGS = 0x10, 0x20
 _SUFFIX = re.compile(r"\.(constprop|isra|part|cold|lto_priv|localalias)\.\d+")
 _COUNTER = re.compile(r"\.\d+$")
+_COLD_SUFFIX = re.compile(r"\.cold(\.\d+)?$")
 # x86-64 relocations relative to the next instruction: the field is not its last bytes when an immediate follows
 _X86_PC_RELATIVE = {2, 4, 9, 41, 42}
 
@@ -37,24 +38,38 @@ def normal_name(name: str) -> str:
 class Unit:
     """One object: its named functions and variables, and where each lies (a section and a range)."""
     obj: RelocatableObject
-    functions: dict[str, ObjSymbol] = field(default_factory=dict)   # normal name -> symbol
+    functions: dict[str, ObjSymbol] = field(default_factory=dict)   # ident -> symbol
     objects: dict[str, ObjSymbol] = field(default_factory=dict)
     placed: dict[int, list[ObjSymbol]] = field(default_factory=dict)  # section index -> its symbols by value
+    _plural: set[str] = field(default_factory=set)   # normal names several symbols share
     _keys: dict[tuple[int, int, int], tuple] = field(default_factory=dict)
     _ends: dict[int, dict[int, int]] = field(default_factory=dict)
+    _open: set[int] = field(default_factory=set)      # objects whose contents are being described
 
     @classmethod
     def of(cls, obj: RelocatableObject) -> "Unit":
         unit = cls(obj)
-        for sym in obj.symbols:
-            if not isinstance(sym.shndx, int) or not sym.name or sym.kind not in ("func", "object", "tls"):
-                continue
+        named = [s for s in obj.symbols if isinstance(s.shndx, int) and s.name and s.kind in ("func", "object", "tls")]
+        seen: set[str] = set()
+        for sym in named:
+            n = normal_name(sym.name)
+            if n in seen:
+                unit._plural.add(n)
+            seen.add(n)
+        for sym in named:
             table = unit.functions if sym.kind == "func" else unit.objects
-            table.setdefault(normal_name(sym.name), sym)
-            unit.placed.setdefault(sym.shndx, []).append(sym)
+            table.setdefault(unit.ident(sym), sym)
+            unit.placed.setdefault(sym.shndx, []).append(sym)   # type: ignore[arg-type]
         for symbols in unit.placed.values():
             symbols.sort(key=lambda s: s.value)
         return unit
+
+    def ident(self, sym: ObjSymbol) -> str:
+        """What matches a symbol across the two builds: its name without compiler numbering when that is
+        unique in the unit (clones renumbered), else its exact name (count.0 and count.1, two functions'
+        statics; h.constprop.0 and h.constprop.1)."""
+        n = normal_name(sym.name)
+        return sym.name if n in self._plural else n
 
     def section(self, sym: ObjSymbol) -> Section:
         assert isinstance(sym.shndx, int)
@@ -90,9 +105,8 @@ class Unit:
         data = bytearray(sec.data[start:end])
         described = []
         for r in relocs:
-            width = 8 if r.r_type in (1, 24, 257) else 4   # R_X86_64_64 / PC64, R_AARCH64_ABS64
             at = r.r_offset - start
-            data[at:at + width] = bytes(min(width, len(data) - at))
+            _blank(data, at, r.r_type, self.obj.machine)
             described.append((at, r.r_type, self.target(r.r_sym, r.r_addend + self.skew(index, r))))
         size = end - start if sec.sh_type == SHT_NOBITS else None
         return (sec.sh_flags & (SHF_WRITE | SHF_EXECINSTR), size, bytes(data), tuple(described))
@@ -104,7 +118,7 @@ class Unit:
             return 0
         sec = self.obj.sections[index]
         if not sec.sh_flags & SHF_EXECINSTR:
-            return 4
+            return 0   # data: the field is the whole value, the place its own address
         if index not in self._ends:
             self._ends[index] = _instruction_ends(sec)
         return self._ends[index].get(r.r_offset, r.r_offset + 4) - r.r_offset
@@ -123,17 +137,32 @@ class Unit:
     def target(self, sym_index: int, offset: int) -> tuple:
         """What a relocation reaches, independent of where things were laid out."""
         sym = self.obj.symbols[sym_index]
-        if not isinstance(sym.shndx, int) or not _is_label(sym):
+        if not isinstance(sym.shndx, int):
             return ("sym", normal_name(sym.name), offset)
+        if not _is_label(sym):
+            return self._named(sym, offset) if sym.kind in ("func", "object", "tls") else ("sym", sym.name, offset)
         offset += sym.value
         owner = self.symbol_at(sym.shndx, offset)
         if owner is not None:
-            return ("sym", normal_name(owner.name), offset - owner.value)
+            return self._named(owner, offset - owner.value)
         sec = self.obj.sections[sym.shndx]
         if sec.sh_flags & SHF_STRINGS and 0 <= offset < len(sec.data):
             return ("str", sec.data[offset:sec.data.index(b"\0", offset) if b"\0" in sec.data[offset:]
                                     else len(sec.data)])
         return ("anon", self._anonymous(sym.shndx, offset))
+
+    def _named(self, sym: ObjSymbol, offset: int) -> tuple:
+        """A function or variable, by identity; a constant also by its contents (a changed table changes
+        the code that reads it, though not one byte of that code differs)."""
+        sec = self.obj.sections[sym.shndx]   # type: ignore[index]
+        if sym.kind == "object" and not sec.sh_flags & (SHF_WRITE | SHF_EXECINSTR) and sym.index not in self._open:
+            self._open.add(sym.index)   # tables may point at each other
+            try:
+                contents = hashlib.sha256(repr(self.key_of(sym)).encode()).hexdigest()
+            finally:
+                self._open.discard(sym.index)
+            return ("sym", self.ident(sym), offset, contents)
+        return ("sym", self.ident(sym), offset)
 
     def _anonymous(self, index: int, offset: int) -> str:
         """Unnamed data (a jump table, a constant pool) from `offset` to the next named thing, by its bytes
@@ -149,7 +178,26 @@ class Unit:
         sym = self.obj.symbols[sym_index]
         if _is_label(sym) and isinstance(sym.shndx, int):
             return self.obj.sections[sym.shndx].name
-        return normal_name(sym.name)
+        return self.ident(sym) if isinstance(sym.shndx, int) and sym.kind in ("func", "object", "tls") \
+            else normal_name(sym.name)
+
+
+# AArch64 instruction relocations rewrite only an immediate field: the opcode and registers around it are
+# compared (ldrb and ldrsb differ). Mask per r_type; data relocations (ABS64, PREL32...) cover their field.
+_A64_IMM = {273: 0x00FFFFE0, 274: 0x60FFFFE0, 275: 0x60FFFFE0, 276: 0x60FFFFE0, 277: 0x003FFC00,
+            278: 0x003FFC00, 279: 0x0007FFE0, 280: 0x00FFFFE0, 282: 0x03FFFFFF, 283: 0x03FFFFFF,
+            284: 0x003FFC00, 285: 0x003FFC00, 286: 0x003FFC00, 299: 0x003FFC00, 311: 0x60FFFFE0,
+            312: 0x003FFC00}
+
+
+def _blank(data: bytearray, at: int, r_type: int, machine: str) -> None:
+    """Zero what relocation `r_type` at `at` will write, and nothing else."""
+    if machine == "aarch64" and r_type in _A64_IMM and at + 4 <= len(data):
+        word = int.from_bytes(data[at:at + 4], "little") & ~_A64_IMM[r_type]
+        data[at:at + 4] = word.to_bytes(4, "little")
+        return
+    width = 8 if r_type in (1, 24, 257, 260) else 4   # R_X86_64_64 / PC64, R_AARCH64_ABS64 / PREL64
+    data[at:at + width] = bytes(min(width, len(data) - at))
 
 
 def _is_label(sym: ObjSymbol) -> bool:
@@ -185,6 +233,10 @@ def compare(orig: Unit, patched: Unit, source: str) -> Changes:
             new.append(sym.name)
         elif orig.key_of(before) != patched.key_of(sym):
             changed.append(sym.name)
+    for name in list(changed):   # a cold part is reached only from its function: that goes in with it
+        parent = _COLD_SUFFIX.sub("", name)
+        if parent != name and parent in {s.name for s in patched.functions.values()} and parent not in changed:
+            changed.append(parent)
     gone = [sym.name for name, sym in orig.functions.items() if name not in patched.functions]
     new_data, refusals = [], []
     for name, sym in patched.objects.items():

@@ -78,6 +78,8 @@ def _read(data: bytes) -> Debug | None:
     structs: dict[str, tuple] = {}
     producer = ""
     pending: list[tuple[Function, int]] = []
+    unnamed: dict[int, tuple] = {}
+    typedefs: list[tuple[str, int]] = []
     for cu in dwarf.iter_CUs():
         top = cu.get_top_DIE()
         producer = producer or _text(top.attributes["DW_AT_producer"].value) \
@@ -108,10 +110,18 @@ def _read(data: bytes) -> Debug | None:
                 if owner is not None and owner.offset in by_offset:
                     pending.append((by_offset[owner.offset], a["DW_AT_abstract_origin"].value + cu.cu_offset))
             elif die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type", "DW_TAG_class_type") \
-                    and "DW_AT_name" in a and "DW_AT_byte_size" in a:
+                    and "DW_AT_byte_size" in a:
                 members = tuple((_text(c.attributes["DW_AT_name"].value) if "DW_AT_name" in c.attributes else "",
                                  _member_offset(c)) for c in die.iter_children() if c.tag == "DW_TAG_member")
-                structs.setdefault(_text(a["DW_AT_name"].value), (a["DW_AT_byte_size"].value, members))
+                if "DW_AT_name" in a:
+                    structs.setdefault(_text(a["DW_AT_name"].value), (a["DW_AT_byte_size"].value, members))
+                else:   # typedef struct { ... } name_t: known by its typedef
+                    unnamed[die.offset] = (a["DW_AT_byte_size"].value, members)
+            elif die.tag == "DW_TAG_typedef" and "DW_AT_name" in a and "DW_AT_type" in a:
+                typedefs.append((_text(a["DW_AT_name"].value), a["DW_AT_type"].value + cu.cu_offset))
+    for name, target in typedefs:
+        if target in unnamed:
+            structs.setdefault(name, unnamed[target])
     for fn, origin in pending:
         callee = by_offset.get(origin)
         if callee is not None and callee.name not in fn.inlined:

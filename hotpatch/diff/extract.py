@@ -14,7 +14,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from hotpatch.diff.compare import Changes, Unit, normal_name
+from hotpatch.diff.compare import Changes, Unit
 from hotpatch.elf.relocatable import SHF_WRITE, ObjSymbol
 from hotpatch.elf.writer import OutSection, OutSymbol, write_relocatable
 from hotpatch.errors import InvalidPatch
@@ -33,7 +33,6 @@ def file_local(name: str, file: str) -> str:
 @dataclass
 class Extracted:
     obj: bytes
-    picks: dict[str, str]                                   # file-local name -> its source file
     replaced: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
 
@@ -46,43 +45,81 @@ class _Extractor:
     def __init__(self, orig: Unit, patched: Unit, changes: Changes, source: str):
         self.orig, self.patched, self.changes, self.source = orig, patched, changes, source
         self.file = source.rsplit("/", 1)[-1]
-        self.wanted = {normal_name(n) for n in changes.changed + changes.new}
-        self.new_data = {normal_name(n) for n in changes.new_data}
+        self.by_name = {sym.name: sym for sym in patched.functions.values()}
+        self.by_name.update({sym.name: sym for sym in patched.objects.values()})
+        wanted = [patched.ident(self.by_name[n]) for n in changes.changed + changes.new]
+        # a cold part goes with its function: the binary's would jump back into the old body
+        self.wanted = set(wanted) | {w + ".cold" for w in wanted} | {patched.ident(f) for f in
+                                                                   patched.functions.values()
+                                                                   if _COLD.search(f.name) and
+                                                                   _COLD.sub("", patched.ident(f)) in wanted}
+        self.replaced = {patched.ident(self.by_name[n]) for n in changes.changed if not _COLD.search(n)}
+        self.new_data = {patched.ident(self.by_name[n]) for n in changes.new_data}
         self.include: dict[int, int] = {}          # patched section index -> output section index
         self.sections: list[OutSection] = []
         self.symbols: list[OutSymbol] = []
         self.by_key: dict[tuple, int] = {}          # ("sec", i) / ("sym", name) / ("idx", i) -> output symbol
-        self.picks: dict[str, str] = {}
         self._eh_index: int | None = None
         self._eh_relocs: list = []
+        self._closed: set[int] = set()
 
     # -- what goes in ---------------------------------------------------
     def run(self) -> Extracted:
-        roots = [self.patched.functions[normal_name(n)] for n in self.changes.changed + self.changes.new
-                 if not _COLD.search(n)]
-        work = [r.shndx for r in roots]
-        for index in work:
+        roots = {self.by_name[n].shndx for n in self.changes.changed + self.changes.new if not _COLD.search(n)}
+        for index in sorted(roots):   # a section once, though aliases (C1/C2 constructors) share it
             assert isinstance(index, int)
             self._add_section(index)
-        pending = list(self.include)
-        while pending:
-            index = pending.pop()
-            for r in self.patched.obj.relocations.get(index, []):
-                target, _offset, there = self.patched.reach(index, r)
-                if target is not None and target not in self.include and not self._binds(there):
-                    self._add_section(target)
-                    pending.append(target)
+        self._close(list(self.include))
         self._eh_frame()
+        self._close([i for i in self.include if i != self._eh_index and i not in self._closed])
         for index, out in list(self.include.items()):
             relocs = self._eh_relocs if index == self._eh_index else \
                 [(r.r_offset, r) for r in self.patched.obj.relocations.get(index, [])]
             self.sections[out].relocations = [(off, r.r_type, *self._reference(index, r)) for off, r in relocs]
         self._define_symbols()
-        replaced = [self._binary_name(self.patched.functions[normal_name(n)])
-                    for n in self.changes.changed if not _COLD.search(n)]
+        replaced = [self._replacement_name(self.by_name[n]) for n in self.changes.changed if not _COLD.search(n)]
         new = [n for n in self.changes.new if not _COLD.search(n)]
         return Extracted(write_relocatable(E_MACHINE[self.patched.obj.machine], self.sections, self.symbols),
-                         self.picks, replaced, new)
+                         replaced, new)
+
+    def _close(self, pending: list[int]) -> None:
+        """Add what the sections in `pending` reach and the binary lacks, and what that reaches, and so on."""
+        while pending:
+            index = pending.pop()
+            self._closed.add(index)
+            for r in self.patched.obj.relocations.get(index, []):
+                target, _offset, there = self.patched.reach(index, r)
+                self._check_anchor(index, r, there)
+                if target is not None and target not in self.include and not self._binds(there):
+                    self._add_section(target)
+                    pending.append(target)
+
+    def _check_anchor(self, index: int, r, there: ObjSymbol | None) -> None:
+        """AArch64 addresses a file's statics from one base (a section anchor) plus offsets inside the
+        instructions: bound to the binary's, those offsets hold only if the section's layout is the
+        binary's. A new or moved variable there cannot be reached that way: refused."""
+        if self.patched.obj.machine != "aarch64" or there is None or there.kind == "func":
+            return
+        sym = self.patched.obj.symbols[r.r_sym]
+        if sym.kind != "section" or not self._binds(there):
+            return
+        before = self.orig.objects.get(self.patched.ident(there))
+        layout = [(self.patched.ident(s), s.value, s.size) for s in self.patched.placed.get(sym.shndx, [])]
+        old = [(self.orig.ident(s), s.value, s.size) for s in self.orig.placed.get(before.shndx, [])] \
+            if before is not None else []
+        if layout != old:
+            added = sorted({n for n, _v, _s in layout} - {n for n, _v, _s in old})
+            raise InvalidPatch(f"{self.source}: {self.patched.obj.sections[sym.shndx].name} is addressed from a "
+                               "section anchor and its layout changed"
+                               + (f" (new: {', '.join(added)})" if added else ""),
+                               "AArch64 code reaches a file's statics by offsets from one base: keep the "
+                               "existing variables in place and put new ones in a new file or struct")
+
+    def _replacement_name(self, sym: ObjSymbol) -> str:
+        """The name a replacing function takes: the binary's, and for a file-local one its file too (two
+        files' static helper are two functions)."""
+        name = self._binary_name(sym)
+        return file_local(name, self.file) if sym.bind == "local" else name
 
     def _section_of(self, sym_index: int) -> int | None:
         shndx = self.patched.obj.symbols[sym_index].shndx
@@ -93,11 +130,11 @@ class _Extractor:
         changed (a changed writable one was refused; a changed constant goes in as a copy)."""
         if sym is None:
             return False   # literals, anonymous constants, jump tables: copied
-        name = normal_name(sym.name)
+        ident = self.patched.ident(sym)
         if sym.kind == "func":
-            return name not in self.wanted
-        before = self.orig.objects.get(name)
-        if before is None or name in self.new_data:
+            return ident not in self.wanted
+        before = self.orig.objects.get(ident)
+        if before is None or ident in self.new_data:
             return False
         same = self.orig.key_of(before) == self.patched.key_of(sym)
         return same or bool(self.patched.section(sym).sh_flags & SHF_WRITE)
@@ -135,11 +172,8 @@ class _Extractor:
     def _binary_name(self, sym: ObjSymbol) -> str:
         """The name the running binary has for it: the original build's (clone numbers can differ)."""
         table = self.orig.functions if sym.kind == "func" else self.orig.objects
-        before = table.get(normal_name(sym.name))
+        before = table.get(self.patched.ident(sym))
         return before.name if before is not None else sym.name
-
-    def _pick(self, name: str) -> None:
-        self.picks[name] = self.file
 
     def _symbol(self, key: tuple, sym: OutSymbol) -> int:
         if key not in self.by_key:
@@ -149,14 +183,11 @@ class _Extractor:
 
     def _copy(self, sym: ObjSymbol) -> OutSymbol:
         assert isinstance(sym.shndx, int)
-        replaced = sym.kind == "func" and normal_name(sym.name) in {normal_name(n) for n in self.changes.changed} \
-            and not _COLD.search(sym.name)
         name, bind = sym.name, sym.bind
-        if replaced:
-            name = self._binary_name(sym)
-            if bind == "local":
-                self._pick(name)
-                bind = "global"   # it replaces the binary's by name
+        if sym.kind == "func" and self.patched.ident(sym) in self.replaced:
+            # it replaces the binary's by name; an inline function of a header, emitted weak in every file
+            # that uses it, stays weak: its copies from several files combine into one
+            name, bind = self._replacement_name(sym), "weak" if sym.bind == "weak" else "global"
         kind = sym.kind if sym.kind in ("func", "object", "notype") else "notype"
         return OutSymbol(name, kind, bind, self.include[sym.shndx], sym.value, sym.size)
 

@@ -116,6 +116,17 @@ class SymbolTable:
         sym = self._code[i]
         return sym if sym.value <= vaddr < sym.value + max(self.extent(sym), 1) else None
 
+    def aliases(self, vaddr: int) -> list[Symbol]:
+        """Every function symbol that starts at link-time address `vaddr` (aliases, folded functions)."""
+        self.at(vaddr)   # builds the sorted index
+        assert self._code is not None
+        i = bisect.bisect_left(self._code_starts, vaddr)
+        out = []
+        while i < len(self._code) and self._code[i].value == vaddr:
+            out.append(self._code[i])
+            i += 1
+        return out
+
     def clones_of(self, name: str) -> list[Symbol]:
         """Compiler clones (f.isra.0, f.constprop.0, f.part.0) that callers may use instead of f."""
         if self._clones is None:

@@ -98,7 +98,11 @@ def pick_binary_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
 
 
 def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: SymbolTable,
-            picks: dict[str, str], sources: list[str], warn) -> patchfile.PatchMeta:
+            picks: dict[str, str], sources: list[str], warn,
+            only_new: frozenset[str] | set[str] = frozenset(), from_diff: bool = False) -> patchfile.PatchMeta:
+    """`only_new`: functions that replace nothing, though the binary has one of that name (build --diff:
+    a new global function of a.c, a static of the same name in b.c). `from_diff`: build --diff, which
+    compares compiler clones itself (no warning about them)."""
     arch = get_arch(obj.machine)
     with open(binary_path, "rb") as f:
         binary_bytes = f.read()
@@ -106,7 +110,13 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
     for fn in obj.defined_functions():
         if fn.bind == "local":
             continue
-        old = pick_binary_symbol(table, fn.name, ("func",), picks)
+        local = FILE_LOCAL.fullmatch(fn.name)   # `helper (a.c)`: replaces a.c's file-local helper
+        old = None if fn.name in only_new else \
+            pick_binary_symbol(table, local[1], ("func",), {local[1]: local[2]}) if local else \
+            pick_binary_symbol(table, fn.name, ("func",), picks)
+        if old is None and local:
+            raise SymbolNotFound(f"the binary has no function {local[1]} in {local[2]}",
+                                 "is the binary built from this source?")
         if old is None:
             new_functions.append(fn.name)
             continue
@@ -126,10 +136,11 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                 f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
                 + (f" after its {pad}-byte landing pad" if pad else ""),
                 "patch its callers instead")
-        cold = [[c.value, c.size] for c in table.candidates(fn.name + ".cold", ("func", "notype"))
+        base = local[1] if local else fn.name
+        cold = [[c.value, c.size] for c in table.candidates(base + ".cold", ("func", "notype"))
                 if c.file == old.file]
-        for clone in table.clones_of(fn.name):
-            warn(f"warning: the binary also has {clone.name}, a compiler clone of {fn.name}; "
+        for clone in table.clones_of(base) if not from_diff else ():
+            warn(f"warning: the binary also has {clone.name}, a compiler clone of {base}; "
                  "its callers keep the old code unless the patch replaces them too "
                  "(`hotpatch build --diff` finds and replaces them)")
         replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
@@ -144,7 +155,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                                "more with HOTPATCH_DEBUG_DIRS)")
         raise InvalidPatch("the patch replaces no function of the binary",
                            "define a function with external linkage whose name matches one in the binary")
-    for sym in obj.symbols:
+    for sym in obj.symbols if not from_diff else ():   # build --diff copies changed constants on purpose
         if sym.kind == "object" and sym.bind != "local" and isinstance(sym.shndx, int) \
                 and not sym.name.startswith("DW.ref.") and table.candidates(sym.name, ("object",)):
             warn(f"warning: the patch defines {sym.name}, which the binary also defines: the patch "

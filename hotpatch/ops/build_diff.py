@@ -36,7 +36,7 @@ from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import SymbolTable, load_symbol_table
 from hotpatch.errors import ELFFormatError, InvalidPatch, PatchMismatch, UsageError
 from hotpatch.link.linker import plan_layout
-from hotpatch.ops.build import analyse, pick_compiler
+from hotpatch.ops.build import FILE_LOCAL, analyse, pick_compiler
 
 _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
 # A section per function, and nothing else that changes the code: -g changes no generated code (gcc's
@@ -142,7 +142,7 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
     original_debug = [_read_debug(c.object) for c in before]
 
     touched = change.touched()
-    objects, picks, refusals, origin = [], {}, [], {}
+    objects, refusals, origin, new_names = [], [], {}, set()
     for c, before, after, old_debug, new_debug in zip(compiles, originals, patched, original_debug, patched_debug):
         rel = os.path.relpath(os.path.join(c.cwd, c.source), tree)
         refusals += _layout_changes(old_debug, new_debug, rel)
@@ -160,9 +160,7 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
             origin[name] = {"file": rel, "why": _why(name, new_debug, touched)}
         for name in part.new:
             origin[name] = {"file": rel, "why": "new"}
-        for name, file in part.picks.items():
-            if picks.setdefault(name, file) != file:
-                refusals.append(f"{rel}: the patch needs {name} of both {picks[name]} and {file}")
+            new_names.add(name)
         path = os.path.join(work, f"part-{len(objects)}.o")
         with open(path, "wb") as f:
             f.write(part.obj)
@@ -177,15 +175,19 @@ def _build(change, source, binary, output, build_cmd, flags, work, image, table,
         obj = parse_relocatable(obj_bytes)
     except ELFFormatError as e:
         raise InvalidPatch(f"the extracted patch object is unusable: {e}") from e
-    meta = analyse(obj, binary, image, table, picks, [c.source for c in compiles], warn)
+    meta = analyse(obj, binary, image, table, {}, [c.source for c in compiles], warn, only_new=new_names,
+                   from_diff=True)
     replaced = {f.name for f in meta.replace}
     for name, o in origin.items():
         if o["why"] != "new" and name not in replaced:   # a clone the running binary does not have
-            clones = [c.name for c in table.clones_of(_CLONE.sub("", name))]
+            clones = [c.name for c in table.clones_of(_CLONE.sub("", FILE_LOCAL.sub(r"\1", name)))]
             raise InvalidPatch(f"{o['file']}: {name} changed, but {os.path.basename(binary)} has no {name}"
                                + (f" (it has {', '.join(clones)})" if clones else ""),
                                "the binary was built differently from this source: give its exact build "
                                "command with --build")
+    _check_folded(meta, table, binary, origin)
+    seen: set[int] = set()   # aliases of one function (C1/C2 constructors): one jump at their entry
+    meta.replace = [f for f in meta.replace if not (f.offset in seen or seen.add(f.offset))]
     meta.sources = [os.path.relpath(os.path.join(c.cwd, c.source), tree) for c in compiles]
     meta.origin = origin
     meta.diffs = change.records()
@@ -436,16 +438,42 @@ def _read_object(path: str, source: str) -> RelocatableObject:
 
 
 def _check_same_build(obj: RelocatableObject, binary: str, table: SymbolTable, source: str) -> None:
-    """The binary must be a build of this source: each function of the unit it has must have the same size."""
+    """The binary must be a build of this source: each function of the unit it has must have its size.
+
+    One section per function can lengthen x86-64 code: a jump to a function that shared the section
+    was 2 bytes (rel8), and to another section is 5 or 6 (rel32). Each such jump may account for 4 bytes.
+    """
     file = os.path.basename(source)
+    local_code = {i for i, sec in obj.sections.items() if sec.sh_flags & 0x4}
     for sym in obj.defined_functions():
         found = [s for s in table.candidates(sym.name, ("func",))
                  if (s.bind == "local") == (sym.bind == "local") and (sym.bind != "local" or
                                                                    os.path.basename(s.file or "") == file)]
-        if len(found) == 1 and found[0].size != sym.size:
+        if len(found) != 1 or found[0].size == sym.size:
+            continue
+        relaxable = 0
+        if obj.machine == "x86_64":
+            relaxable = sum(1 for r in obj.relocations.get(sym.shndx, [])   # type: ignore[arg-type]
+                            if sym.value <= r.r_offset < sym.value + sym.size and r.r_type in (2, 4)
+                            and obj.symbols[r.r_sym].shndx in local_code
+                            and obj.symbols[r.r_sym].shndx != sym.shndx)
+        if not sym.size - 4 * relaxable <= found[0].size <= sym.size:
             raise PatchMismatch(f"{os.path.basename(binary)} is not the build of this source: {sym.name} "
                                 f"({source}) is {found[0].size} bytes in it, {sym.size} rebuilt",
                                 "give the exact source and build command of the running binary")
+
+
+def _check_folded(meta: patchfile.PatchMeta, table: SymbolTable, binary: str, origin: dict) -> None:
+    """A replaced function whose code the binary shares with another function (identical code folding,
+    -fipa-icf): the jump at that entry would take the other one too. Aliases of one function (its C1/C2
+    constructors, a global and a local name) are replaced together and are fine."""
+    replaced = {FILE_LOCAL.sub(r"\1", f.name) for f in meta.replace}
+    for f in meta.replace:
+        others = [a.name for a in table.aliases(f.offset) if a.name not in replaced]
+        if others:
+            raise InvalidPatch(f"{f.name} shares its code with {', '.join(others[:3])} in {os.path.basename(binary)} "
+                               "(identical functions folded by the compiler): replacing it would replace them",
+                               "build with -fno-ipa-icf (or -flive-patching=inline-clone), or change them alike")
 
 
 def _read_debug(path: str) -> Debug | None:
@@ -458,6 +486,7 @@ def _why(name: str, debug: Debug | None, touched: dict[str, set[int]]) -> str:
     only what the compiler made of it (a constant, a line number such as __LINE__'s, a layout)."""
     if debug is None:
         return "changed"
+    name = FILE_LOCAL.sub(r"\1", name)
     fn = debug.functions.get(name) or debug.functions.get(_CLONE.sub("", name))
 
     def hit(f) -> bool:
