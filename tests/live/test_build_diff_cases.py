@@ -4,7 +4,6 @@ table, a function's cold part, functions folded into one, a new global function 
 static, a struct known only by its typedef, an inline function of a C++ header compiled into two files.
 Each program prints f() and g() for every line it reads; the patch is applied live and the answers checked."""
 
-import os
 import shutil
 import subprocess
 
