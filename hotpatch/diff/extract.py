@@ -101,12 +101,12 @@ class _Extractor:
         if self.patched.obj.machine != "aarch64" or there is None or there.kind == "func":
             return
         sym = self.patched.obj.symbols[r.r_sym]
-        if sym.kind != "section" or not self._binds(there):
+        if sym.kind != "section" or not isinstance(sym.shndx, int) or not self._binds(there):
             return
         before = self.orig.objects.get(self.patched.ident(there))
         layout = [(self.patched.ident(s), s.value, s.size) for s in self.patched.placed.get(sym.shndx, [])]
         old = [(self.orig.ident(s), s.value, s.size) for s in self.orig.placed.get(before.shndx, [])] \
-            if before is not None else []
+            if before is not None and isinstance(before.shndx, int) else []
         if layout != old:
             added = sorted({n for n, _v, _s in layout} - {n for n, _v, _s in old})
             raise InvalidPatch(f"{self.source}: {self.patched.obj.sections[sym.shndx].name} is addressed from a "
