@@ -103,6 +103,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a patch file", epilog=EPILOG, formatter_class=fmt)
     i.add_argument("patch")
+    i.add_argument("--resolve", type=int, metavar="PID",
+                   help="also where each name the patch uses binds in process PID, and why (read only)")
     i.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="patch a bundled demo program live, then revert", epilog=EPILOG,
@@ -280,14 +282,21 @@ def run(args) -> int:
         patch = patchfile.read(args.patch)
         patch.obj  # validates the code too
         m = patch.meta
-        emit(args, {"status": "ok", "sha256": patch.sha256, "meta": _meta_dict(m)},
+        bindings = None
+        if args.resolve is not None:
+            from hotpatch.ops.resolve import describe, resolve_report
+            bindings = resolve_report(args.resolve, args.patch)
+        emit(args, {"status": "ok", "sha256": patch.sha256, "meta": _meta_dict(m),
+                    **({"bindings": bindings} if bindings is not None else {})},
              "\n".join([f"patch {args.patch} (sha256 {patch.sha256[:16]}…)",
                         f"  target:    {m.target_path} ({m.arch}, build-id {m.target_build_id})",
                         f"  replaces:  {', '.join(f.name for f in m.replace)}",
                         f"  new:       {', '.join(m.new_functions) or '-'}",
                         f"  binds to target: {', '.join(sorted(m.target_symbols)) or '-'}",
                         f"  binds to libraries at apply: {', '.join(m.external) or '-'}",
-                        f"  sources:   {', '.join(m.sources)}"] + _origin_lines(m)))
+                        f"  sources:   {', '.join(m.sources)}"] + _origin_lines(m)
+                       + ([f"  in process {args.resolve}:"] + [printable(line) for line in describe(bindings)]
+                          if bindings else [])))
     elif args.command == "demo":
         from hotpatch.demo import run_demo
         return run_demo()

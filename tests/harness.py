@@ -270,9 +270,10 @@ class Builder:
 class Target:
     """A fixture process with a line protocol on stdin/stdout."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict | None = None):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, bufsize=0)
+                                     stderr=subprocess.PIPE, bufsize=0,
+                                     env={**os.environ, **env} if env else None)
         self.pid = self.proc.pid
         self._buf = b""
 
@@ -375,8 +376,9 @@ class Targets:
     def __init__(self):
         self.started: list[Target] = []
 
-    def __call__(self, argv, ready_prefix: str | None = "ready", timeout: float = LINE_TIMEOUT) -> Target:
-        t = Target(argv if isinstance(argv, list) else [argv])
+    def __call__(self, argv, ready_prefix: str | None = "ready", timeout: float = LINE_TIMEOUT,
+                 env: dict | None = None) -> Target:
+        t = Target(argv if isinstance(argv, list) else [argv], env)
         self.started.append(t)
         if ready_prefix is not None:
             line = t.readline(timeout)

@@ -30,6 +30,23 @@ def _dynamic(path: str) -> tuple[list[str], list[str]]:
     return needed, runpath
 
 
+def soname_and_needed(path: str) -> tuple[str | None, list[str]]:
+    """DT_SONAME (None without one) and DT_NEEDED names of an ELF file; ELFFormatError if unreadable."""
+    soname, needed = None, []
+    try:
+        with open(path, "rb") as f:
+            for sec in ELFFile(f).iter_sections():
+                if isinstance(sec, DynamicSection):
+                    for tag in sec.iter_tags():
+                        if tag.entry.d_tag == "DT_NEEDED":
+                            needed.append(getattr(tag, "needed"))
+                        elif tag.entry.d_tag == "DT_SONAME":
+                            soname = getattr(tag, "soname")
+    except (ELFError, OSError, ValueError) as e:
+        raise ELFFormatError(f"cannot read the dynamic section of {path}: {e}") from e
+    return soname, needed
+
+
 def needed_closure(binary: str, library_dirs: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(paths found, names not found), breadth-first like ld.so's search order.
 

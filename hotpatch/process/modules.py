@@ -4,8 +4,10 @@ import os
 from dataclasses import dataclass
 
 from hotpatch.elf.dynamic import DynamicSymbols
-from hotpatch.elf.image import ElfImage, load_bias
+from hotpatch.elf.image import PT_DYNAMIC, ElfImage, load_bias
+from hotpatch.elf.needed import soname_and_needed
 from hotpatch.errors import ELFFormatError, SymbolNotFound, TraceError
+from hotpatch.process.linkmap import link_map
 from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
 
@@ -25,8 +27,9 @@ class Module:
 
 @dataclass
 class LoadedModules:
-    modules: list[Module]            # the main executable first, then in address order
+    modules: list[Module]            # the main executable first, then in the loader's order (linkmap.py)
     unreadable: dict[str, str]       # path: why its ELF headers could not be read
+    in_link_map: bool = False        # that order is the loader's own (else address order)
 
 
 def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> LoadedModules:
@@ -57,7 +60,30 @@ def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> LoadedModules:
         modules.append(Module(path, min(m.start for m in ms), max(m.end for m in ms),
                               first.start, image, bias, first))
     modules.sort(key=lambda mod: (mod.path != exe, mod.start))
-    return LoadedModules(modules, unreadable)
+    ordered = _loader_order(modules, mem)
+    return LoadedModules(ordered or modules, unreadable, ordered is not None)
+
+
+def _loader_order(modules: list[Module], mem: Memory) -> list[Module] | None:
+    """The modules in the loader's link map order (the executable first), those it does not list after
+    them by address; None without a readable link map."""
+    if not modules:
+        return None
+    exe = modules[0]
+    dynamic = next((p for p in exe.image.phdrs if p.p_type == PT_DYNAMIC), None)
+    if dynamic is None:
+        return None
+    entries = link_map(mem.read, exe.bias + dynamic.p_vaddr)
+    if not entries:
+        return None
+    ordered: list[Module] = []
+    for _l_addr, l_ld in entries:
+        m = next((m for m in modules if m.start <= l_ld < m.end), None)
+        if m is not None and m not in ordered:
+            ordered.append(m)
+    if not ordered or ordered[0] is not exe:
+        return None
+    return ordered + [m for m in modules if m not in ordered]
 
 
 def module_file(pid: int, module: Module) -> str:
@@ -70,13 +96,17 @@ def module_file(pid: int, module: Module) -> str:
 
 
 class ProcessSymbols:
-    """Resolve a name in link-map-like order: the executable, then libraries."""
+    """Resolve a name as the loader would: in its global scope (the executable, preloaded objects, the
+    libraries they need, in link map order), then in the objects dlopen()ed since, in that order."""
 
     def __init__(self, pid: int, modules: list[Module], mem: Memory, got_reloc_types: set[int]):
         self.pid, self.modules, self.mem = pid, modules, mem
         self.got_reloc_types = got_reloc_types
         self._tables: dict[str, DynamicSymbols | None] = {}
         self.unreadable: dict[str, str] = {}   # module path: why its symbols could not be read
+        self._scope: list[Module] | None = None
+        self.kinds: dict[str, str] = {}        # module path: executable, preloaded, needed, dlopen'ed
+        self.bound_in: dict[str, str] = {}     # name: the module it bound in (for info --resolve)
 
     def _table(self, module: Module) -> DynamicSymbols | None:
         if module.path not in self._tables:
@@ -87,14 +117,25 @@ class ProcessSymbols:
                 self.unreadable[module.path] = e.message
         return self._tables[module.path]
 
+    def scope(self) -> list[Module]:
+        """The modules in search order: the global scope first, then the rest."""
+        if self._scope is None:
+            self._scope, self.kinds = _global_first(self.pid, self.modules)
+        return self._scope
+
     def resolve(self, name: str) -> int | None:
         """Address of `name`, or None when no module defines it (and every module could be read)."""
+        hits = []
         for module in self.modules:
             table = self._table(module)
             found = table.lookup(name) if table else None
-            if found is None:
-                continue
-            value, is_ifunc = found
+            if found is not None:
+                hits.append((module, found))
+        if len(hits) > 1:   # defined twice: which one the loader binds is a matter of scope
+            order = {m.path: i for i, m in enumerate(self.scope())}
+            hits.sort(key=lambda h: order.get(h[0].path, len(order)))
+        for module, (value, is_ifunc) in hits[:1]:
+            self.bound_in[name] = module.path
             if is_ifunc:
                 return self._bound_ifunc(name, module)
             return module.bias + value
@@ -116,3 +157,45 @@ class ProcessSymbols:
         raise SymbolNotFound(
             f"{name} is an IFUNC in {os.path.basename(defining.path)} and no loaded module imports it",
             "call a non-IFUNC function instead, or have the target use it")
+
+
+def _global_first(pid: int, modules: list[Module]) -> tuple[list[Module], dict[str, str]]:
+    """Link map order with the global scope first: the executable and what it needs, breadth-first, and
+    the objects preloaded before them (between the executable and its first needed library in the link
+    map); objects outside that closure were dlopen()ed, and come after. Unreadable dynamic sections
+    leave the order as it is. Also each module's part: executable, preloaded, needed, dlopen'ed."""
+    if len(modules) < 2:
+        return modules, {m.path: "executable" for m in modules}
+    names: dict[str, tuple[str | None, list[str]]] = {}
+    for m in modules:
+        try:
+            names[m.path] = soname_and_needed(module_file(pid, m))
+        except ELFFormatError:
+            return modules, {}
+    by_name: dict[str, Module] = {}
+    for m in modules:
+        soname = names[m.path][0]
+        by_name.setdefault(os.path.basename(m.path), m)
+        if soname:
+            by_name.setdefault(soname, m)
+
+    def closure(roots: list[Module]) -> list[Module]:
+        out, queue = [], list(roots)
+        while queue:
+            m = queue.pop(0)
+            if m in out:
+                continue
+            out.append(m)
+            queue += [by_name[n] for n in names[m.path][1] if n in by_name]
+        return out
+
+    exe_needs = closure([modules[0]])
+    preloaded = []
+    for m in modules[1:]:
+        if m in exe_needs:
+            break
+        preloaded.append(m)
+    startup = closure([modules[0], *preloaded])
+    kinds = {m.path: "executable" if m is modules[0] else "preloaded" if m in preloaded else
+             "needed" if m in startup else "dlopen'ed" for m in modules}
+    return [m for m in modules if m in startup] + [m for m in modules if m not in startup], kinds
