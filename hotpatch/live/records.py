@@ -266,6 +266,24 @@ def interrupted(record: PatchRecord) -> bool:
     return record.committing or record.reverting
 
 
+def unloaded(record: PatchRecord, maps: list[Mapping], modules) -> bool:
+    """Its library is gone (dlclose; loaded again, it is a new module elsewhere): none of its sites lies in
+    executable memory. Such a record's image can only be freed: there is no code left to restore."""
+    return bool(record.functions) and \
+        not any(m.executable and m.start <= f.site < m.end for f in record.functions for m in maps)
+
+
+def verify_unloaded(record: PatchRecord, maps: list[Mapping]) -> str | None:
+    """For a record whose library is gone, what can still be checked: its image, and that hotpatch wrote it."""
+    problem = image_span_problem(record.base, record.size, maps)
+    if problem is not None:
+        return problem
+    if not record.authentic:
+        return ("its authentication code does not match this host's key: altered or forged in the process, "
+                f"or written without the key ({hostkey.key_path()})")
+    return None
+
+
 def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | None:
     """Why a record read from the process cannot be acted on, or None.
 

@@ -59,10 +59,13 @@ def _read(pid: int) -> tuple[Listing, bool]:
         maps = read_maps(pid)
         modules = loaded_modules(pid, maps, mem).modules
         patches, signs = [], marks is None or bool(marks)
-        for r in records.find_records(maps, mem, pid, hostkey.load()):
-            reason = records.verify(r, arch, maps, modules)
-            status = "unverifiable" if reason else "retired" if r.retired else _status(r, mem)
-            signs = signs or (reason is None and not r.retired
+        found = records.find_records(maps, mem, pid, hostkey.load())
+        for r in found:
+            gone = records.unloaded(r, maps, modules)
+            reason = records.verify_unloaded(r, maps) if gone else records.verify(r, arch, maps, modules)
+            status = "unverifiable" if reason else "retired" if r.retired else "library unloaded" if gone \
+                else _status(r, mem, found)
+            signs = signs or (reason is None and not r.retired and not gone
                               and (records.interrupted(r) or status == "inactive"))
             patches.append({"id": r.id, "patch": r.patch, "applied_at": r.applied_at, "module": r.module,
                             "status": status, **({"unverifiable": reason} if reason else {}),
@@ -75,10 +78,15 @@ def _read(pid: int) -> tuple[Listing, bool]:
         mem.close()
 
 
-def _status(record: records.PatchRecord, mem: Memory) -> str:
-    """active; inactive (no jump stands: the next run frees it); interrupted (a killed run wrote some
-    of its sites: the next one rolls it back); modified (by someone else)."""
+def _status(record: records.PatchRecord, mem: Memory, found: list) -> str:
+    """active; superseded by patch N (a newer patch replaced the same function again); inactive (no jump
+    stands: the next run frees it); interrupted (a killed run wrote some of its sites: the next one rolls
+    it back); modified (by someone else)."""
     state = records.state(record, mem)
     if state == "partial":
         return "interrupted" if records.interrupted(record) else "modified"
-    return "active" if state == "superseded" else state
+    if state == "superseded":
+        sites = {f.site for f in record.functions}
+        newer = [r.id for r in found if r.id > record.id and not r.retired and sites & {f.site for f in r.functions}]
+        return f"superseded by patch {max(newer)}" if newer else "modified"
+    return state

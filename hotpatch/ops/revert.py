@@ -63,11 +63,22 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
                 "retired": [], "unfreed": [], "repaired": repaired, "warnings": []}
     chosen = choose(proc.pid, applied, patch_id, revert_all)
     modules = loaded_modules(proc.pid, maps, proc.mem).modules
+    gone = [r for r in chosen if records.unloaded(r, maps, modules)]   # dlclose()d: nothing to restore
     for r in chosen:
-        reason = records.verify(r, proc.arch, maps, modules)
+        reason = records.verify_unloaded(r, maps) if r in gone else records.verify(r, proc.arch, maps, modules)
         if reason is not None:
             raise PatchMismatch(f"the record of patch {r.id} fails verification ({reason}); nothing was done",
                                 "it was not written by hotpatch, or the process changed it: inspect the process")
+    notes = [f"patch {r.id} ({r.patch}): its library {r.module} is no longer loaded; its image is freed, "
+             "there was no code to restore" for r in gone]
+    chosen = [r for r in chosen if r not in gone]
+    if not chosen:
+        proc.detach_all(keep=proc.syscall_thread())
+        freed, retired, unfreed = free_images(proc, gone, proc.stack_mappings(), steps)
+        proc.detach_all()
+        return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in gone],
+                "patches": [r.patch for r in gone], "checks": 0, "timings_ms": steps.marks, "freed": freed,
+                "retired": retired, "unfreed": unfreed, "warnings": notes, "repaired": repaired}
     stacks = Stacks(proc, maps, modules, found)
 
     journal(chosen, proc, reverting=True)   # a run killed from here on is completed by the next one
@@ -86,14 +97,14 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     steps.mark("resumed", abortable=False)
     journal(chosen, proc, reverting=False)
     thread_stacks = proc.stack_mappings()
-    freed, retired, unfreed = free_images(proc, chosen, thread_stacks, steps)
+    freed, retired, unfreed = free_images(proc, chosen + gone, thread_stacks, steps)
     steps.mark("unmapped", abortable=False)
     proc.detach_all()
     warning = perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))
-    return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen],
-            "patches": [r.patch for r in chosen], "checks": attempts, "timings_ms": steps.marks,
-            "freed": freed, "retired": retired, "unfreed": unfreed, "warnings": [warning] if warning else [],
-            "repaired": repaired}
+    return {"status": "reverted", "pid": proc.pid, "reverted": [r.id for r in chosen + gone],
+            "patches": [r.patch for r in chosen + gone], "checks": attempts, "timings_ms": steps.marks,
+            "freed": freed, "retired": retired, "unfreed": unfreed,
+            "warnings": notes + ([warning] if warning else []), "repaired": repaired}
 
 
 def journal(chosen: list[PatchRecord], proc: Process, reverting: bool) -> None:

@@ -36,7 +36,7 @@ def settle(proc: Process, timeout: float) -> list[str]:
         if state == "inactive" or (state == "partial" and records.interrupted(r)):
             stale.append(r)
             how[r.id] = "half applied" if state == "partial" and r.committing else \
-                "half reverted" if state == "partial" else "not applied"
+                "half reverted" if state == "partial" else "not applied" if records.interrupted(r) else ""
         elif state == "active" and records.interrupted(r):
             # Every jump stands: an apply was past its last write, or a revert before its first.
             r.committing = r.reverting = False
@@ -52,7 +52,9 @@ def settle(proc: Process, timeout: float) -> list[str]:
         proc.resume_all()
     for r in stale:
         done.append(f"patch {r.id} ({r.patch}) was left {how[r.id]} by an interrupted run: rolled back, "
-                    "its image freed")
+                    "its image freed" if how[r.id] else
+                    f"no jump of patch {r.id} ({r.patch}) stands any more (its library was loaded again, or "
+                    "someone restored the code): its image freed")
         r.committing = r.reverting = False
     freed, retired, unfreed = free_images(proc, stale, proc.stack_mappings(), steps)
     done += [f"the image of patch {u['id']} stays mapped, retired ({u['reason']})" for u in retired]
