@@ -33,6 +33,9 @@ class ReplacedFunction:
     cold: list[list[int]] = field(default_factory=list)  # [offset, size] of .cold parts
 
 
+IFUNC_SLOT = "ifunc-slot"   # TargetSymbol.kind: `offset` is the GOT slot holding an IFUNC's implementation
+
+
 @dataclass
 class TargetSymbol:
     offset: int

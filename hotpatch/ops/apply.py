@@ -15,7 +15,7 @@ import time
 
 from hotpatch import __version__, patchfile
 from hotpatch.arch import get_arch
-from hotpatch.errors import PatchMismatch, UndoFailed
+from hotpatch.errors import PatchMismatch, SymbolNotFound, UndoFailed
 from hotpatch.link.linker import plan_layout
 from hotpatch.live import ehframe, hostkey, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
@@ -169,8 +169,22 @@ def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: 
     resolved: dict[str, int | None] = {}
     for name in names:
         own = meta.target_symbols.get(name)
-        resolved[name] = module.bias + own.offset if own else symbols.resolve(name)
+        if own is not None and own.kind == patchfile.IFUNC_SLOT:
+            resolved[name] = _ifunc_slot(proc, module, name, module.bias + own.offset)
+        else:
+            resolved[name] = module.bias + own.offset if own else symbols.resolve(name)
     return resolved
+
+
+def _ifunc_slot(proc: Process, module: Module, name: str, slot: int) -> int:
+    """The implementation the binary's start code chose for IFUNC `name`, read from its slot; it must be
+    code of that binary (else the slot is not filled yet, or not what the build saw)."""
+    value = int.from_bytes(proc.mem.read(slot, 8), "little")
+    if not any(m.executable and m.start <= value < m.end and m.path == module.path for m in proc.maps()):
+        raise SymbolNotFound(f"{name} is an IFUNC of {os.path.basename(module.path)} and its slot at {slot:#x} "
+                             f"holds {value:#x}, which is not its code",
+                             "apply once the program has started (its IFUNCs are resolved at startup)")
+    return value
 
 
 def _report(proc: Process, status: str, record, module: Module, linked, tramps, attempts: int, steps: Steps,

@@ -21,6 +21,7 @@ from hotpatch.arch.base import Arch
 from hotpatch.diff.dwarf import producers
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
+from hotpatch.elf.irelative import irelative_slots
 from hotpatch.elf.needed import needed_closure
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, find_debug_file, load_symbol_table
@@ -161,6 +162,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
             warn(f"warning: the patch defines {sym.name}, which the binary also defines: the patch "
                  f"gets its own copy; declare it `extern` to use the binary's")
     binary_symbols, external = {}, []
+    slots: dict[int, int] | None = None
     for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name} - {GOT_SYMBOL}):
         local = FILE_LOCAL.fullmatch(name)   # `counter (a.c)`: a.c's file-local counter (build --diff)
         base, choose = (local[1], {local[1]: local[2]}) if local else (name, picks)
@@ -173,7 +175,15 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
         elif sym.kind == "tls":
             raise InvalidPatch(f"{name} is a thread-local variable of the binary; patches cannot reach it")
         elif sym.kind == "ifunc":
-            raise InvalidPatch(f"{name} is an IFUNC resolver in the binary; patches cannot call it directly")
+            # The binary's own IFUNC (a static binary's strlen): the slot its start code fills with the
+            # implementation chosen for this machine; read at apply. Without one, resolved at apply.
+            if slots is None:
+                slots = irelative_slots(binary_path)
+            slot = slots.get(sym.value)
+            if slot is None:
+                external.append(name)
+            else:
+                binary_symbols[name] = patchfile.TargetSymbol(slot, patchfile.IFUNC_SLOT)
         else:
             binary_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
     _check_external(obj, external, binary_path, table, warn)

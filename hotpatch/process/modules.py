@@ -7,6 +7,7 @@ from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import PT_DYNAMIC, ElfImage, load_bias
 from hotpatch.elf.needed import soname_and_needed
 from hotpatch.errors import ELFFormatError, SymbolNotFound, TraceError
+from hotpatch.process import ifunc_choice
 from hotpatch.process.linkmap import link_map
 from hotpatch.process.maps import Mapping
 from hotpatch.process.memory import Memory
@@ -154,10 +155,18 @@ class ProcessSymbols:
             slot = table.import_slot(name, self.got_reloc_types) if table else None
             if slot is not None:
                 return int.from_bytes(self.mem.read(module.bias + slot, 8), "little")
+        # None imports it: the same library loaded in hotpatch itself (same build-id) on the same machine
+        # chose the same implementation, at the same offset, unless the process tunes glibc differently.
+        why = ifunc_choice.unavailable(self.pid, defining.image.build_id)
+        if why is None:
+            offset = ifunc_choice.own_offset(name, defining.image.build_id)
+            if offset is not None:
+                return defining.bias + offset
+            why = f"hotpatch's own {os.path.basename(defining.path)} does not resolve it"
         raise SymbolNotFound(
-            f"{name} is an IFUNC in {os.path.basename(defining.path)} and no loaded module imports it",
-            "call a non-IFUNC function instead, or have the target use it")
-
+            f"{name} is an IFUNC in {os.path.basename(defining.path)}, no loaded module imports it, and the "
+            f"implementation the loader would choose cannot be told: {why}",
+            "call a non-IFUNC function instead, or apply once the program has called it")
 
 def _global_first(pid: int, modules: list[Module]) -> tuple[list[Module], dict[str, str]]:
     """Link map order with the global scope first: the executable and what it needs, breadth-first, and
