@@ -31,6 +31,7 @@ class ReplacedFunction:
     room: int            # bytes from the entry a jump may cover: size plus trailing alignment padding
     head: str            # first bytes, hex: shown when the process differs
     cold: list[list[int]] = field(default_factory=list)  # [offset, size] of .cold parts
+    hop: int = 0         # bytes of padding before the entry the jump starts in (a function too short)
 
 
 IFUNC_SLOT = "ifunc-slot"   # TargetSymbol.kind: `offset` is the GOT slot holding an IFUNC's implementation
@@ -65,7 +66,8 @@ class PatchMeta:
     def from_json(cls, data: bytes) -> "PatchMeta":
         try:
             raw = json.loads(data)
-            replace = [ReplacedFunction(**_checked(r, _REPLACED_TYPES)) for r in raw["replace"]]
+            replace = [ReplacedFunction(**_checked({"hop": 0, **r} if isinstance(r, dict) else r, _REPLACED_TYPES))
+                       for r in raw["replace"]]
             symbols = {str(k): TargetSymbol(**_checked(v, {"offset": int, "kind": str}))
                        for k, v in raw["target_symbols"].items()}
             meta = cls(arch=_typed(raw["arch"], str), target_path=_typed(raw["target_path"], str),
@@ -84,7 +86,7 @@ class PatchMeta:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:
             if not 0 <= r.offset < 1 << 64 or not 0 < r.size < 1 << 32 or not 0 <= r.pad <= 8 \
-                    or len(r.sha256) != 64 or not r.size <= r.room <= r.size + 64:
+                    or len(r.sha256) != 64 or not r.size <= r.room <= r.size + 64 or not 0 <= r.hop <= 16:
                 raise InvalidPatch(f"patch metadata is malformed: bad entry for {r.name}")
             for c in r.cold:
                 if not isinstance(c, list) or len(c) != 2 or \
@@ -97,7 +99,7 @@ class PatchMeta:
 
 
 _REPLACED_TYPES = {"name": str, "offset": int, "size": int, "sha256": str, "pad": int,
-                   "room": int, "head": str, "cold": list}
+                   "room": int, "head": str, "cold": list, "hop": int}
 
 
 def _typed(value, kind):

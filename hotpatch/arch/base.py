@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 from hotpatch.arch.reloc import RelocType
+from hotpatch.errors import FunctionTooShort
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,15 @@ class Arch(abc.ABC):
     @abc.abstractmethod
     def branch(self, site: int, destination: int, room: int) -> Branch:
         """The shortest jump that reaches and fits in `room` bytes, else FunctionTooShort."""
+
+    hop_size: ClassVar[int] = 0               # padding a short function's jump may use before it (0: none)
+
+    def hop_branch(self, entry: int, pad: bytes, destination: int) -> Branch:
+        """A jump for a function too short for branch(): in the padding before it, reached by a short one."""
+        raise FunctionTooShort(f"no short-function jump on {self.name}")
+
+    def is_hop(self, site: int, entry: int, written: bytes, destination: int) -> bool:
+        return False
 
     @abc.abstractmethod
     def stub(self, stub_addr: int, slot_addr: int) -> bytes:

@@ -116,6 +116,14 @@ class SymbolTable:
         sym = self._code[i]
         return sym if sym.value <= vaddr < sym.value + max(self.extent(sym), 1) else None
 
+    def end_before(self, vaddr: int) -> int | None:
+        """Where the code before `vaddr` ends: the largest end of a function starting below it."""
+        self.at(vaddr)   # builds the sorted index
+        assert self._code is not None
+        i = bisect.bisect_left(self._code_starts, vaddr)
+        ends = [s.value + s.size for s in self._code[max(0, i - 64):i]]
+        return max(ends) if ends else None
+
     def aliases(self, vaddr: int) -> list[Symbol]:
         """Every function symbol that starts at link-time address `vaddr` (aliases, folded functions)."""
         self.at(vaddr)   # builds the sorted index

@@ -306,14 +306,17 @@ def verify(record: PatchRecord, arch, maps: list[Mapping], modules) -> str | Non
             bytes.fromhex(f.saved)
         except ValueError:
             return f"{f.name}: bytes that are not hex"
+        hop = arch.is_hop(f.site, f.entry, written, f.new)   # a short function's: from the padding before
         pad = arch.landing_pad(written)   # kept (endbr64, bti c) or made bti c (paciasp), then the jump
-        if f.site != f.entry or pad >= len(written):
+        if not hop and (f.site != f.entry or pad >= len(written)):
             return f"{f.name}: a site {f.site:#x} that is not the function's entry {f.entry:#x}"
-        if module is None or not any(m.start <= f.entry and f.site + len(written) <= m.end and m.executable
+        if module is None or not any(m.start <= f.site and f.site + len(written) <= m.end and m.executable
                                      and m.path == module.path for m in maps):
             return f"{f.name}: a site {f.site:#x} outside the code of the module with build-id {record.build_id[:16]}"
         if not record.code[0] <= f.new < record.code[1]:
             return f"{f.name}: a replacement at {f.new:#x} outside the record's own code"
+        if hop:
+            continue   # is_hop compared every byte with the jumps hotpatch makes
         try:
             expected = arch.branch(f.site + pad, f.new, len(written) - pad).code
         except HotpatchError:

@@ -31,12 +31,15 @@ def plan(meta: PatchMeta, module: Module, image: LinkedImage, arch: Arch, mem: M
     for fn in meta.replace:
         entry = module.bias + fn.offset
         new = image.symbols[fn.name]
-        jump = arch.branch(entry + fn.pad, new, fn.room - fn.pad)
         # The landing pad is written too: kept as is (endbr64, bti c) or
         # turned into bti c (paciasp), so one range covers both.
         pad = arch.entry_rewrite(bytes.fromhex(fn.head))[:fn.pad]
-        branch = Branch(entry, pad + jump.code, jump.form)
-        out.append(Trampoline(fn.name, entry, branch, mem.read(entry, len(branch.code)), new))
+        if fn.hop:   # too short: the jump in the padding before, a short one to it after the pad
+            branch = arch.hop_branch(entry, pad, new)
+        else:
+            jump = arch.branch(entry + fn.pad, new, fn.room - fn.pad)
+            branch = Branch(entry, pad + jump.code, jump.form)
+        out.append(Trampoline(fn.name, entry, branch, mem.read(branch.site, len(branch.code)), new))
     return out
 
 

@@ -153,8 +153,8 @@ def verify_code(proc: Process, module: Module, meta: patchfile.PatchMeta,
     """Each replaced function's bytes (as they were before earlier patches) hash as recorded at build."""
     for fn in meta.replace:
         entry = module.bias + fn.offset
-        current = proc.mem.read(entry, fn.room)
-        original = records.original_view(applied, entry, current)
+        current = proc.mem.read(entry - fn.hop, fn.room + fn.hop)
+        original = records.original_view(applied, entry - fn.hop, current)
         if hashlib.sha256(original).hexdigest() != fn.sha256:
             raise PatchMismatch(
                 f"the code of {fn.name} at {entry:#x} differs from the binary the patch was built for "

@@ -73,6 +73,19 @@ def _run(argv: list[str], what: str) -> None:
         raise InvalidPatch(f"{what} failed ({argv[0]} exit {proc.returncode}); see the diagnostics above")
 
 
+def _hop_room(arch: Arch, table: SymbolTable, entry: int, binary: bytes, file_off: int) -> int:
+    """Bytes of alignment padding right before `entry` a short function's jump may start in: nop or int3
+    only (proven never executed: no function's range covers them), at least the arch's hop size."""
+    n = arch.hop_size
+    end = table.end_before(entry)
+    if not n or end is None or not entry - 64 <= end <= entry - n or file_off < entry - end:
+        return 0
+    gap = binary[file_off - (entry - end):file_off]   # from the function before to this one: all padding?
+    if arch.padding_length(gap) != len(gap) or any(table.at(entry - k) is not None for k in range(1, n + 1)):
+        return 0
+    return n
+
+
 def pick_binary_symbol(table: SymbolTable, name: str, kinds: tuple[str, ...],
                        picks: dict[str, str]) -> Symbol | None:
     """One definition of `name` in the binary, the way C would bind an extern.
@@ -132,11 +145,17 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
             # Alignment padding up to the next symbol is never executed: a jump may spill into it.
             gap = table.gap_after(old)
             room += arch.padding_length(binary_bytes[file_off + size:file_off + size + min(gap, 64)])
+        hop = 0
         if room < pad + arch.near_branch_size:
-            raise FunctionTooShort(
-                f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
-                + (f" after its {pad}-byte landing pad" if pad else ""),
-                "patch its callers instead")
+            hop = _hop_room(arch, table, old.value, binary_bytes, file_off)
+            if not hop or room < pad + 2:
+                raise FunctionTooShort(
+                    f"function {fn.name} is {size} bytes, too short for a {arch.near_branch_size}-byte jump"
+                    + (f" after its {pad}-byte landing pad" if pad else "")
+                    + (f", and no {arch.hop_size} bytes of alignment padding precede it for one"
+                       if arch.hop_size else ""),
+                    "patch its callers instead (for a caller that never returns, main's loop: rebuild the "
+                    "program with -fpatchable-function-entry=5 or with functions aligned)")
         base = local[1] if local else fn.name
         cold = [[c.value, c.size] for c in table.candidates(base + ".cold", ("func", "notype"))
                 if c.file == old.file]
@@ -145,9 +164,9 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                  "its callers keep the old code unless the patch replaces them too "
                  "(`hotpatch build --diff` finds and replaces them)")
         replace.append(patchfile.ReplacedFunction(fn.name, old.value, size,
-                                                  hashlib.sha256(binary_bytes[file_off:file_off + room]
+                                                  hashlib.sha256(binary_bytes[file_off - hop:file_off + room]
                                                                  ).hexdigest(), pad, room,
-                                                  code[:32].hex(), cold))
+                                                  code[:32].hex(), cold, hop))
     if not replace:
         if table.stripped:
             raise InvalidPatch(f"the patch replaces no function of the binary: {table.source}",

@@ -43,6 +43,9 @@ class X86_64(Arch):
     in_branch_reach = staticmethod(jumps.in_branch_reach)
     branch = staticmethod(jumps.branch)
     stub = staticmethod(jumps.stub)
+    hop_size = jumps.HOP_SIZE
+    hop_branch = staticmethod(jumps.hop_branch)
+    is_hop = staticmethod(jumps.is_hop)
     trap_insn = call.TRAP_INSN
     return_loop = call.RETURN_LOOP
     breakpoint_writes = staticmethod(debug.breakpoint_writes)
