@@ -144,7 +144,11 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
         if size < pad + arch.far_branch_size:
             # Alignment padding up to the next symbol is never executed: a jump may spill into it.
             gap = table.gap_after(old)
-            room += arch.padding_length(binary_bytes[file_off + size:file_off + size + min(gap, 64)])
+            # (but not into the last bytes before the next function: its own jump may need them, _hop_room)
+            spill = arch.padding_length(binary_bytes[file_off + size:file_off + size + min(gap, 64)])
+            after = table.at(old.value + size + gap)
+            short_next = after is not None and after.size < arch.near_branch_size + 4   # may need a hop
+            room += max(0, spill - arch.hop_size) if spill == gap and short_next else spill
         hop = 0
         if room < pad + arch.near_branch_size:
             hop = _hop_room(arch, table, old.value, binary_bytes, file_off)
