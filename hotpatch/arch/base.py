@@ -44,6 +44,7 @@ class Arch(abc.ABC):
     # linking
     relocations: ClassVar[dict[int, RelocType]]
     got_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a GOT slot
+    dtpmod_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a TLS module id
     stub_size: ClassVar[int]                  # one call stub / veneer through a GOT slot
     # jumps
     branch_reach: ClassVar[int]               # distance the shortest jump reaches: where to place the image

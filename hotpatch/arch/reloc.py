@@ -28,6 +28,7 @@ class RelocType:
     is_call: bool = False      # out of range: route through a stub/veneer instead of failing
     refusal: str | None = None  # a known type we do not support, and what to do instead
     low: bool = False          # an absolute 32-bit address: the image must lie in the low 2 GiB
+    tls_index: bool = False    # the place of a tls_index {module, offset} pair for __tls_get_addr (as G)
 
 
 def int_field(width: int, signed: bool) -> Store:

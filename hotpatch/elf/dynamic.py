@@ -14,6 +14,7 @@ from hotpatch.errors import ELFFormatError
 
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
+STT_TLS = 6
 STT_GNU_IFUNC = 10
 VERSYM_HIDDEN = 0x8000
 SHN_UNDEF = 0
@@ -83,6 +84,26 @@ class DynamicSymbols:
             st_name, st_info, _, _, st_value, _ = self._entry(index)
             if self._name(st_name) == key and self._usable(index):
                 return st_value, (st_info & 0xF) == STT_GNU_IFUNC
+        return None
+
+    def tls_value(self, name: str) -> int | None:
+        """The offset in this module's TLS block of thread-local variable `name` it defines, or None."""
+        key = name.encode()
+        for index in self._candidates(key):
+            st_name, st_info, _, _, st_value, _ = self._entry(index)
+            if self._name(st_name) == key and self._usable(index) and (st_info & 0xF) == STT_TLS:
+                return st_value
+        return None
+
+    def module_id_slot(self, dtpmod_types: set[int]) -> int | None:
+        """r_offset of a GOT slot the loader fills with this module's own TLS module id (a DTPMOD64
+        relocation against one of its own symbols, or none), if it has one."""
+        for data in self.relas:
+            for r_offset, r_info, _ in _RELA.iter_unpack(data[:len(data) // 24 * 24]):
+                sym = r_info >> 32
+                if (r_info & 0xFFFFFFFF) in dtpmod_types and (sym == 0 or (
+                        sym < self.count and self._entry(sym)[3] != SHN_UNDEF)):
+                    return r_offset
         return None
 
     def extent(self, name: str) -> tuple[int, int] | None:

@@ -31,6 +31,7 @@ _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
 Resolver = Callable[[str], int | None]
+TlsResolver = Callable[[str], tuple[int, int]]   # a thread-local variable's (module id, offset in its block)
 MAX_IMAGE_SIZE = 64 << 20   # a patch is functions, not a program: refuse what would flood the target
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"   # the image's own GOT, never the target's
 LOW_LIMIT = 1 << 31   # an image with absolute 32-bit relocations ends below this (R_X86_64_32S: signed)
@@ -78,9 +79,11 @@ class LayoutPlan:
     trap_offset: int = 0
     frame_object_offset: int | None = None
     low: bool = False   # absolute 32-bit relocations: the image must lie below LOW_LIMIT
+    tls_offset: int = 0
+    tls_keys: list[str] = field(default_factory=list)   # pair i: the tls_index of this variable
 
-    def link(self, base: int, resolve: Resolver) -> LinkedImage:
-        return _link(self, base, resolve)
+    def link(self, base: int, resolve: Resolver, resolve_tls: TlsResolver | None = None) -> LinkedImage:
+        return _link(self, base, resolve, resolve_tls)
 
 
 def _align(value: int, alignment: int) -> int:
@@ -126,6 +129,7 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     got_keys: dict[str | int, None] = {}
     stub_keys: dict[str, None] = {}
     undefined: dict[str, None] = {}
+    tls_keys: dict[str, None] = {}
     low = False
     for target, relocs in obj.relocations.items():
         if _classify(obj.sections[target]) is None:
@@ -141,6 +145,12 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
             sym = obj.symbols[r.r_sym]
             key = _symbol_key(obj, r.r_sym)
             low = low or rtype.low
+            if rtype.tls_index:
+                if sym.shndx != "UND":
+                    raise RelocationError(f"{sym.name or 'a variable'} is a thread-local variable of the patch "
+                                          "itself, which cannot be added", "make it a global or a static")
+                tls_keys[sym.name] = None
+                continue
             if rtype.needs_got:
                 got_keys[key] = None
             if rtype.is_call and sym.shndx == "UND":
@@ -172,6 +182,8 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
         eh_frame = (eh_start, pos - eh_start)
     got_offset = _align(pos, 8)
     pos = got_offset + 8 * len(got_keys)
+    tls_offset = _align(pos, 16)
+    pos = tls_offset + 16 * len(tls_keys)
     segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ))
     start = pos = _align(pos, page_size)
     place(groups["text"])
@@ -196,10 +208,10 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
                            "is allowed", "a patch holds replacement functions, not a program")
     return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
                       stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame,
-                      trap_offset, frame_object_offset, low)
+                      trap_offset, frame_object_offset, low, tls_offset, list(tls_keys))
 
 
-def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
+def _link(plan: LayoutPlan, base: int, resolve: Resolver, resolve_tls: TlsResolver | None) -> LinkedImage:
     obj, arch = plan.obj, plan.arch
     image = bytearray(plan.size)
     image[plan.trap_offset:plan.trap_offset + len(arch.return_loop)] = arch.return_loop
@@ -248,6 +260,14 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
         address = symbol_address(key if isinstance(key, int) else key_index[key])
         got[key] = base + plan.got_offset + 8 * slot
         image[plan.got_offset + 8 * slot:plan.got_offset + 8 * slot + 8] = address.to_bytes(8, "little")
+    pairs = {}
+    for i, name in enumerate(plan.tls_keys):
+        if resolve_tls is None:
+            raise SymbolNotFound(f"{name} is a thread-local variable: it binds only in a process")
+        module_id, offset = resolve_tls(name)
+        at = plan.tls_offset + 16 * i
+        image[at:at + 16] = module_id.to_bytes(8, "little") + offset.to_bytes(8, "little")
+        pairs[name] = base + at
     stubs = {}
     for i, name in enumerate(plan.stub_keys):
         stub_off = plan.stub_offset + arch.stub_size * i
@@ -264,11 +284,13 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver) -> LinkedImage:
         for r in relocs:
             rtype = arch.relocations[r.r_type]
             check_field_bounds(rtype, sec.sh_size, r.r_offset, sec.name)
-            s = symbol_address(r.r_sym)
+            sym = obj.symbols[r.r_sym]
             key = _symbol_key(obj, r.r_sym)
             place = base + sec_off + r.r_offset
-            g = got.get(key, 0)
-            sym = obj.symbols[r.r_sym]
+            if rtype.tls_index:
+                s, g = 0, pairs[sym.name]
+            else:
+                s, g = symbol_address(r.r_sym), got.get(key, 0)
             try:
                 rtype.store(image, sec_off + r.r_offset, rtype.compute(s, r.r_addend, place, g))
             except FieldOverflow as e:

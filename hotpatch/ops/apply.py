@@ -74,7 +74,8 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     # too short for the jump is refused with the process untouched.
     addresses = image.candidates(proc, maps, module, plan.size, plan.low)
     intended = addresses[0] if addresses else image.ANYWHERE
-    linked = plan.link(intended, resolved.get)
+    tls = tls_resolver(proc, module, loaded, meta)
+    linked = plan.link(intended, resolved.get, tls)
     tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
     guarded = trampolines.guarded_ranges(meta, module, applied)
     stacks = Stacks(proc, maps, loaded.modules, applied)
@@ -99,7 +100,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     tx.on_undo("unmap the image", free_image)
     steps.mark("mapped")
     if base != intended:   # the hole was taken meanwhile: link for where it landed
-        linked = plan.link(base, resolved.get)
+        linked = plan.link(base, resolved.get, tls)
         tramps = trampolines.plan(meta, module, linked, arch, proc.mem)
     record = records.PatchRecord(
         id=record_id, patch=os.path.basename(patch_path), patch_sha256=patch.sha256,
@@ -174,6 +175,23 @@ def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: 
         else:
             resolved[name] = module.bias + own.offset if own else symbols.resolve(name)
     return resolved
+
+
+def tls_resolver(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta):
+    """(module id, offset) of each thread-local variable the patch uses: the binary's own (recorded at
+    build) in the patched module, else the first module in scope that defines it."""
+    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    cache: dict[str, tuple[int, int]] = {}
+
+    def resolve(name: str) -> tuple[int, int]:
+        if name not in cache:
+            own = meta.target_symbols.get(name)
+            if own is not None and own.kind == "tls":
+                cache[name] = (symbols.module_id(module, proc.arch.dtpmod_reloc_types), own.offset)
+            else:
+                cache[name] = symbols.resolve_tls(name, proc.arch.dtpmod_reloc_types)
+        return cache[name]
+    return resolve
 
 
 def _ifunc_slot(proc: Process, module: Module, name: str, slot: int) -> int:

@@ -196,7 +196,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
         if sym is None:
             external.append(name)
         elif sym.kind == "tls":
-            raise InvalidPatch(f"{name} is a thread-local variable of the binary; patches cannot reach it")
+            binary_symbols[name] = patchfile.TargetSymbol(sym.value, "tls")   # offset in the binary's TLS block
         elif sym.kind == "ifunc":
             # The binary's own IFUNC (a static binary's strlen): the slot its start code fills with the
             # implementation chosen for this machine; read at apply. Without one, resolved at apply.

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 
 from hotpatch.elf.dynamic import DynamicSymbols
-from hotpatch.elf.image import PT_DYNAMIC, ElfImage, load_bias
+from hotpatch.elf.image import PT_DYNAMIC, PT_TLS, ElfImage, load_bias
 from hotpatch.elf.needed import soname_and_needed
 from hotpatch.errors import ELFFormatError, SymbolNotFound, TraceError
 from hotpatch.process import ifunc_choice
@@ -145,6 +145,35 @@ class ProcessSymbols:
             raise SymbolNotFound(f"{name} was not found, and the symbols of {path} could not be read: {why}",
                                  "check that the process's libraries are intact")
         return None
+
+    def resolve_tls(self, name: str, dtpmod_types: set[int]) -> tuple[int, int]:
+        """A thread-local variable of a loaded module: (its module id, its offset in the module's block),
+        what __tls_get_addr takes; the first definition in scope order."""
+        for module in self.scope():
+            table = self._table(module)
+            offset = table.tls_value(name) if table else None
+            if offset is not None:
+                self.bound_in[name] = module.path
+                return self.module_id(module, dtpmod_types), offset
+        raise SymbolNotFound(f"thread-local variable {name} is defined in no module of the process",
+                             "declare only variables the target or its libraries define")
+
+    def module_id(self, module: Module, dtpmod_types: set[int]) -> int:
+        """The TLS module id the loader gave `module`: 1 for an executable with TLS; for a library, read
+        from a slot of its own GOT the loader filled with it."""
+        if module is self.modules[0] and any(p.p_type == PT_TLS for p in module.image.phdrs):
+            return 1
+        table = self._table(module)
+        slot = table.module_id_slot(dtpmod_types) if table else None
+        if slot is None:
+            raise SymbolNotFound(f"the TLS module id of {os.path.basename(module.path)} cannot be read: it has "
+                                 "no slot the loader fills with it (its own TLS accesses are all initial-exec)",
+                                 "use the variable through a function of that library instead")
+        value = int.from_bytes(self.mem.read(module.bias + slot, 8), "little")
+        if not 0 < value < 1 << 20:
+            raise SymbolNotFound(f"the TLS module id slot of {os.path.basename(module.path)} holds {value}",
+                                 "apply once the library is loaded and its TLS set up")
+        return value
 
     def _bound_ifunc(self, name: str, defining: Module) -> int:
         # An IFUNC symbol's value is its resolver, which must not be called in

@@ -17,6 +17,7 @@ class AArch64(Arch):
     park_insn = syscall.PARK_INSN
     relocations = relocation_table.RELOCATIONS
     got_reloc_types = relocation_table.GOT_RELOC_TYPES
+    dtpmod_reloc_types = relocation_table.DTPMOD_RELOC_TYPES
     stub_size = jumps.STUB_SIZE
     branch_reach = jumps.REACH
     fallback_reach = jumps.FALLBACK_REACH

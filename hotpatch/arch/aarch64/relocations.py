@@ -170,3 +170,4 @@ RELOCATIONS: dict[int, R.RelocType] = {
 
 R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT = 1025, 1026
 GOT_RELOC_TYPES = frozenset({R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT})
+DTPMOD_RELOC_TYPES = frozenset({1028})   # the loader writes a module's TLS id there

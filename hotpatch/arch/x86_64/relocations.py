@@ -2,7 +2,8 @@
 
 from hotpatch.arch import reloc as R
 
-TLS_WHY = "thread-local variables in a patch are not supported; use a global or a static variable"
+TLS_WHY = ("this thread-local access model is not supported: a patch reaches the process's __thread "
+           "variables the way -fPIC code does (general dynamic); its own must be globals or statics")
 LARGE_WHY = "large code model: build without -mcmodel=large"
 
 RELOCATIONS: dict[int, R.RelocType] = {
@@ -14,7 +15,9 @@ RELOCATIONS: dict[int, R.RelocType] = {
     # is mapped in the low 2 GiB, as the program itself is; hotpatch build's -fPIC never emits them.
     10: R.RelocType("R_X86_64_32", R.absolute, R.int_field(4, False), 4, low=True),
     11: R.RelocType("R_X86_64_32S", R.absolute, R.int_field(4, True), 4, low=True),
-    19: R.unsupported("R_X86_64_TLSGD", TLS_WHY),
+    # General dynamic: lea x@tlsgd(%rip),%rdi; call __tls_get_addr: the pair lives in the image, filled
+    # with the module id and offset of the process's variable (live/tls.py)
+    19: R.RelocType("R_X86_64_TLSGD", R.got_pc_relative, R.int_field(4, True), 4, tls_index=True),
     20: R.unsupported("R_X86_64_TLSLD", TLS_WHY),
     21: R.unsupported("R_X86_64_DTPOFF32", TLS_WHY),
     22: R.unsupported("R_X86_64_GOTTPOFF", TLS_WHY),
@@ -29,3 +32,4 @@ RELOCATIONS: dict[int, R.RelocType] = {
 
 R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
 GOT_RELOC_TYPES = frozenset({R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT})
+DTPMOD_RELOC_TYPES = frozenset({16})   # the loader writes a module's TLS id there
