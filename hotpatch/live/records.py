@@ -189,6 +189,18 @@ def _json_fields(record: "PatchRecord") -> dict:
     return raw
 
 
+def json_length(record: PatchRecord) -> int:
+    """Bytes of JSON the record's header holds (as header_bytes() writes it)."""
+    return len(json.dumps(_json_fields(record), sort_keys=True).encode())
+
+
+def rewrite(record: PatchRecord, mem: Memory, key: bytes, pid: int, old_length: int) -> None:
+    """Write the record again (its fields changed), authenticated anew; what a longer old JSON held is
+    zeroed. It fits: headers are sized for the widest fields (header_size_for)."""
+    size = JSON_OFFSET + max(json_length(record), old_length) + hostkey.TAG_SIZE
+    mem.write(record.base, record.header_bytes(size, key, pid))
+
+
 def write_flags(record: PatchRecord, mem: Memory) -> None:
     """The header's flags from the record's (the page is r--: /proc/PID/mem writes it)."""
     mem.write(record.base + FLAGS_OFFSET, _LEN.pack(record.flags()))

@@ -9,6 +9,8 @@ and freed by `hotpatch gc PID` once nothing points into it. A failure to
 unmap cannot undo the revert either: it is reported and a later run frees it.
 """
 
+from dataclasses import dataclass
+
 from hotpatch.errors import HotpatchError, PatchMismatch
 from hotpatch.live import ehframe, image, records
 from hotpatch.live.records import PatchRecord
@@ -50,6 +52,73 @@ def restore(chosen: list[PatchRecord], mem: Memory, steps: Steps, cut_short: boo
         for f in reversed(written):
             mem.write(f.site, bytes.fromhex(f.written))
         raise
+
+
+@dataclass
+class Recomposed:
+    """Taking patches out from under newer ones that stay: what each site must hold, and what each
+    remaining patch must record as the bytes it replaced."""
+    writes: list[tuple[int, bytes, bytes]]            # (site, what it holds, what it must hold)
+    saved: list[tuple[PatchRecord, int, str]]          # (record, function index, its new saved bytes, hex)
+
+
+def recompose(chosen: list[PatchRecord], applied: list[PatchRecord], mem: Memory) -> Recomposed:
+    """For every site of the chosen records: its original bytes (each patch's saved bytes put back,
+    newest first), then the jumps of the patches that stay, oldest first. A function a newer patch
+    replaced again keeps that patch's jump, which now records the bytes from before the chosen one."""
+    gone = {r.id for r in chosen}
+    writes: list[tuple[int, bytes, bytes]] = []
+    saved: list[tuple[PatchRecord, int, str]] = []
+    for site in sorted({f.site for r in chosen for f in r.functions}):
+        chain = sorted((r for r in applied if any(f.site == site for f in r.functions)), key=lambda r: r.id)
+        fs = [next(i for i, f in enumerate(r.functions) if f.site == site) for r in chain]
+        length = max(len(r.functions[i].written) // 2 for r, i in zip(chain, fs))
+        current = mem.read(site, length)
+        view = bytearray(current)
+        for r, i in reversed(list(zip(chain, fs))):
+            before = bytes.fromhex(r.functions[i].saved)
+            view[:len(before)] = before
+        original = bytes(view)
+        every = bytearray(original)   # what the site holds with every patch of the chain on it
+        for r, i in zip(chain, fs):
+            every[:len(r.functions[i].written) // 2] = bytes.fromhex(r.functions[i].written)
+        for r, i in zip(chain, fs):
+            if r.id in gone:
+                continue
+            f = r.functions[i]
+            below = bytes(view[:len(f.written) // 2]).hex()
+            if below != f.saved:
+                saved.append((r, i, below))
+            view[:len(f.written) // 2] = bytes.fromhex(f.written)
+        if current not in (bytes(every), bytes(view)):   # neither before nor after: someone else wrote there
+            newest = chain[-1].functions[fs[-1]]
+            raise PatchMismatch(f"{newest.name} at {newest.entry:#x} was modified after patch {chain[-1].id} "
+                                "was applied; not reverting", "inspect the process")
+        if bytes(view) != current:
+            writes.append((site, current, bytes(view)))
+    return Recomposed(writes, saved)
+
+
+def apply_recomposed(plan: Recomposed, mem: Memory, key: bytes, pid: int, steps: Steps) -> None:
+    """Write the sites, then the records of the patches that stay (all threads stopped). A run killed in
+    between is completed by the next one (ops/settle.py): recompose() gives the same answer again."""
+    done = []
+    try:
+        for site, current, new in plan.writes:
+            mem.write(site, new)
+            done.append((site, current))
+            if len(done) == 1:
+                steps.mark("first-restored")
+    except BaseException:
+        for site, current in reversed(done):
+            mem.write(site, current)
+        raise
+    for r in {id(r): r for r, _i, _s in plan.saved}.values():
+        before = records.json_length(r)
+        for rr, i, new in plan.saved:
+            if rr is r:
+                r.functions[i].saved = new
+        records.rewrite(r, mem, key, pid, before)
 
 
 def code_ranges(chosen: list[PatchRecord]) -> RangeSet:

@@ -7,7 +7,7 @@ from hotpatch.errors import HotpatchError, PatchMismatch, UsageError
 from hotpatch.live import hostkey, perfmap, records, sandbox, transition
 from hotpatch.live.records import PatchRecord
 from hotpatch.live.transaction import say_left_parked
-from hotpatch.live.undo import code_ranges, free_images, restore
+from hotpatch.live.undo import apply_recomposed, code_ranges, free_images, recompose, restore
 from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
@@ -29,7 +29,8 @@ def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, time
 
 
 def choose(pid: int, applied: list[PatchRecord], patch_id: int | None, revert_all: bool) -> list[PatchRecord]:
-    """The records to revert, newest first; refuses one a newer, kept patch builds on."""
+    """The records to revert, newest first, in any order: a function a newer patch that stays replaced
+    again keeps that version (under_kept, live/undo.py recompose)."""
     if not applied:
         raise UsageError(f"no patch is applied to process {pid}",
                          "nothing to revert (`hotpatch list` shows retired images; `hotpatch gc` frees them)")
@@ -44,12 +45,21 @@ def choose(pid: int, applied: list[PatchRecord], patch_id: int | None, revert_al
                              f"applied: {', '.join(str(r.id) for r in applied)}")
     chosen_ids = {r.id for r in chosen}
     for r in chosen:
-        sites = {f.site for f in r.functions}
+        sites = {f.entry: f.site for f in r.functions}
         for later in applied:
-            if later.id > r.id and later.id not in chosen_ids and sites & {f.site for f in later.functions}:
+            if later.id > r.id and later.id not in chosen_ids and any(
+                    f.entry in sites and f.site != sites[f.entry] for f in later.functions):
+                # one wrote from the padding before a short function, the other at its entry
                 raise UsageError(f"patch {r.id} cannot be reverted while patch {later.id} replaces the "
-                                 "same function again", f"revert patch {later.id} first")
+                                 "same function with a jump of another shape", f"revert patch {later.id} first")
     return sorted(chosen, key=lambda r: r.id, reverse=True)
+
+
+def under_kept(chosen: list[PatchRecord], applied: list[PatchRecord]) -> bool:
+    """Whether a chosen patch has a newer one that stays replacing one of its functions again."""
+    ids = {r.id for r in chosen}
+    return any(later.id > r.id and later.id not in ids and {f.site for f in r.functions} &
+               {f.site for f in later.functions} for r in chosen for later in applied)
 
 
 def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
@@ -84,7 +94,10 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     journal(chosen, proc, reverting=True)   # a run killed from here on is completed by the next one
     try:
         attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
-        restore(chosen, proc.mem, steps)
+        if under_kept(chosen, applied):   # out of order: each function to the newest version that stays
+            apply_recomposed(recompose(chosen, applied, proc.mem), proc.mem, hostkey.load(), proc.pid, steps)
+        else:
+            restore(chosen, proc.mem, steps)
     except BaseException:
         with proc.uninterruptible():
             journal(chosen, proc, reverting=False)

@@ -10,7 +10,7 @@ by someone else, and is left alone; so is a record that fails verification.
 """
 
 from hotpatch.live import hostkey, records, repair, transition
-from hotpatch.live.undo import code_ranges, free_images, restore
+from hotpatch.live.undo import apply_recomposed, code_ranges, free_images, recompose, restore
 from hotpatch.live.unwinding import Stacks
 from hotpatch.process import inflight
 from hotpatch.process.attach import Process
@@ -28,12 +28,14 @@ def settle(proc: Process, timeout: float) -> list[str]:
     maps = proc.maps()
     found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
     modules = loaded_modules(proc.pid, maps, proc.mem).modules
-    stale, how = [], {}
+    stale, how, under = [], {}, []
     for r in found:
         if r.retired or not r.functions or records.verify(r, proc.arch, maps, modules) is not None:
             continue
         state = records.state(r, proc.mem)
-        if state == "inactive" or (state == "partial" and records.interrupted(r)):
+        if state == "superseded" and r.reverting:
+            under.append(r)   # reverted out of order, from under a newer patch, and cut short: completed
+        elif state == "inactive" or (state == "partial" and records.interrupted(r)):
             stale.append(r)
             how[r.id] = "half applied" if state == "partial" and r.committing else \
                 "half reverted" if state == "partial" else "not applied" if records.interrupted(r) else ""
@@ -42,6 +44,9 @@ def settle(proc: Process, timeout: float) -> list[str]:
             r.committing = r.reverting = False
             records.write_flags(r, proc.mem)
             done.append(f"patch {r.id} ({r.patch}) was left marked by an interrupted run: it stands, applied")
+    if under:
+        done += _complete_out_of_order(proc, under, [r for r in found if not r.retired], maps, modules, found,
+                                       timeout, steps)
     if not stale:
         return done
     stacks = Stacks(proc, maps, modules, found)
@@ -60,3 +65,22 @@ def settle(proc: Process, timeout: float) -> list[str]:
     done += [f"the image of patch {u['id']} stays mapped, retired ({u['reason']})" for u in retired]
     done += [f"the image of patch {u['id']} could not be unmapped ({u['reason']})" for u in unfreed]
     return done
+
+
+def _complete_out_of_order(proc: Process, under: list, applied: list, maps, modules, found, timeout: float,
+                           steps: Steps) -> list[str]:
+    """Finish reverting patches an interrupted run was taking out from under newer ones: the same
+    recomposition again (it gives the same answer whatever part of it was written), then their images."""
+    stacks = Stacks(proc, maps, modules, found)
+    transition.stop_when_safe(proc, code_ranges(under), timeout, steps, stacks)
+    try:
+        apply_recomposed(recompose(under, applied, proc.mem), proc.mem, hostkey.load(), proc.pid, steps)
+    finally:
+        proc.resume_all()
+    for r in under:
+        r.reverting = False
+    freed, retired, unfreed = free_images(proc, under, proc.stack_mappings(), steps)
+    out = [f"patch {r.id} ({r.patch}) was left half reverted by an interrupted run, from under a newer patch: "
+           "completed, its image freed" for r in under]
+    out += [f"the image of patch {u['id']} stays mapped, retired ({u['reason']})" for u in retired]
+    return out + [f"the image of patch {u['id']} could not be unmapped ({u['reason']})" for u in unfreed]
