@@ -86,6 +86,16 @@ class DynamicSymbols:
                 return st_value, (st_info & 0xF) == STT_GNU_IFUNC
         return None
 
+    def preemptible(self, name: str) -> bool:
+        """Whether `name` is exported with default visibility: another object's definition (an
+        executable's copy of a variable, an LD_PRELOAD interposer) may take its place."""
+        key = name.encode()
+        for index in self._candidates(key):
+            st_name, _, st_other, _, _, _ = self._entry(index)
+            if self._name(st_name) == key and self._usable(index):
+                return (st_other & 3) == 0
+        return False
+
     def tls_value(self, name: str) -> int | None:
         """The offset in this module's TLS block of thread-local variable `name` it defines, or None."""
         key = name.encode()

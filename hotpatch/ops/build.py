@@ -22,7 +22,7 @@ from hotpatch.diff.dwarf import producers
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
 from hotpatch.elf.irelative import irelative_slots
-from hotpatch.elf.needed import needed_closure
+from hotpatch.elf.needed import needed_closure, soname_and_needed
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, find_debug_file, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
@@ -186,6 +186,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                  f"gets its own copy; declare it `extern` to use the binary's")
     binary_symbols, external = {}, []
     slots: dict[int, int] | None = None
+    exported = _library_exports(binary_path)
     for name in sorted({s.name for s in obj.symbols if s.shndx == "UND" and s.name} - {GOT_SYMBOL}):
         local = FILE_LOCAL.fullmatch(name)   # `counter (a.c)`: a.c's file-local counter (build --diff)
         base, choose = (local[1], {local[1]: local[2]}) if local else (name, picks)
@@ -207,18 +208,32 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
                 external.append(name)
             else:
                 binary_symbols[name] = patchfile.TargetSymbol(slot, patchfile.IFUNC_SLOT)
+        elif sym.bind != "local" and exported is not None and exported.preemptible(name):
+            # A shared library's exported name binds as the library's own code binds it, through the
+            # loader: an executable's copy of a variable, an interposer, come first (resolved at apply).
+            external.append(name)
         else:
             binary_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
-    _check_external(obj, external, binary_path, table, warn)
+    _check_external(obj, external, binary_path, table, warn, exported)
     return patchfile.PatchMeta(
         arch=obj.machine, target_path=os.path.abspath(binary_path), target_build_id=image.build_id,
         target_pie=image.is_pie, replace=replace, target_symbols=binary_symbols, external=external,
         new_functions=new_functions, sources=[os.path.basename(s) for s in sources])
 
 
+def _library_exports(binary_path: str) -> DynamicSymbols | None:
+    """A shared library's dynamic symbols (one with a DT_SONAME); None for an executable."""
+    try:
+        soname, _needed = soname_and_needed(binary_path)
+        return DynamicSymbols.from_path(binary_path) if soname else None
+    except ELFFormatError:
+        return None
+
+
 def _check_external(obj: RelocatableObject, external: list[str], binary_path: str,
-                    table: SymbolTable, warn) -> None:
+                    table: SymbolTable, warn, exported: DynamicSymbols | None = None) -> None:
     """Names not in the binary must come from a library it loads: say so now, not at apply."""
+    external = [n for n in external if not (exported is not None and exported.lookup(n))]
     if not external:
         return
     try:
