@@ -58,6 +58,7 @@ class PatchMeta:
     # build --diff: each replaced or new function's source file and why it is in; the diffs themselves
     origin: dict[str, dict[str, str]] = field(default_factory=dict)
     diffs: list[dict[str, str]] = field(default_factory=list)
+    target_library: bool = False     # a shared library (no PT_INTERP): it may be loaded later, by dlopen
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -81,7 +82,8 @@ class PatchMeta:
                        origin={_typed(k, str): _checked(v, {"file": str, "why": str})
                                for k, v in _typed(raw.get("origin", {}), dict).items()},
                        diffs=[_checked(d, {"name": str, "sha256": str, "text": str})
-                              for d in _typed(raw.get("diffs", []), list)])
+                              for d in _typed(raw.get("diffs", []), list)],
+                       target_library=_typed(raw.get("target_library", False), bool))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:

@@ -142,11 +142,29 @@ def find_module(pid: int, loaded: LoadedModules, meta: patchfile.PatchMeta) -> M
     exe = loaded.modules[0] if loaded.modules else None
     unreadable = (f"; unreadable: {', '.join(f'{p} ({why})' for p, why in loaded.unreadable.items())}"
                   if loaded.unreadable else "")
+    name = os.path.basename(meta.target_path)
+    if meta.target_library:   # perhaps not loaded yet, or another build of it is
+        same = [m for m in loaded.modules if os.path.basename(m.path).split(".so")[0] == name.split(".so")[0]]
+        remedy = (f"the process has {', '.join(shown_path(pid, m.path) for m in same)} (build-id "
+                  f"{(same[0].image.build_id or '?')[:16]}…): build the patch against that file" if same else
+                  "apply once the process has loaded it (dlopen), or patch a process that has")
+    else:
+        remedy = (f"build the patch against the binary the process runs "
+                  f"({shown_path(pid, exe.path) if exe else 'unknown'}, "
+                  f"build-id {(exe.image.build_id or '?')[:16] if exe else '?'}…)")
     raise PatchMismatch(
         f"process {pid} has not loaded the binary this patch was built for "
-        f"({os.path.basename(meta.target_path)}, build-id {meta.target_build_id[:16]}…){unreadable}",
-        f"build the patch against the binary the process runs ({exe.path if exe else 'unknown'}, "
-        f"build-id {(exe.image.build_id or '?')[:16] if exe else '?'}…)")
+        f"({name}, build-id {meta.target_build_id[:16]}…){unreadable}", remedy)
+
+
+def shown_path(pid: int, path: str) -> str:
+    """A path as the process sees it, and where it is from here when the process has another mount
+    namespace (a container): /proc/PID/root/..."""
+    try:
+        other = os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        other = False
+    return f"{path} (in its mount namespace; here /proc/{pid}/root{path})" if other else path
 
 
 def verify_code(proc: Process, module: Module, meta: patchfile.PatchMeta,

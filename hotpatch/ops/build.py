@@ -20,7 +20,7 @@ from hotpatch.arch import arch_for_machine, get_arch
 from hotpatch.arch.base import Arch
 from hotpatch.diff.dwarf import producers
 from hotpatch.elf.dynamic import DynamicSymbols
-from hotpatch.elf.image import ElfImage
+from hotpatch.elf.image import PT_INTERP, ElfImage
 from hotpatch.elf.irelative import irelative_slots
 from hotpatch.elf.needed import needed_closure, soname_and_needed
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
@@ -216,6 +216,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
             binary_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
     _check_external(obj, external, binary_path, table, warn, exported)
     return patchfile.PatchMeta(
+        target_library=image.is_pie and not any(p.p_type == PT_INTERP for p in image.phdrs),
         arch=obj.machine, target_path=os.path.abspath(binary_path), target_build_id=image.build_id,
         target_pie=image.is_pie, replace=replace, target_symbols=binary_symbols, external=external,
         new_functions=new_functions, sources=[os.path.basename(s) for s in sources])

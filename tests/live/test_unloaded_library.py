@@ -50,3 +50,15 @@ def test_list_after_the_library_came_back(build, spawn):
     # mapped again where it was: the record's sites hold the file's code, no jump of it stands
     assert "no jump of patch 1" in r.stderr and "its library was loaded again" in r.stderr, r.stderr
     assert "no patches applied" in r.stdout and images(t.pid) == 0
+
+
+def test_apply_before_the_library_is_loaded(build, spawn):
+    """A patch for a library the process has not loaded (yet): the remedy says to wait for it, not to
+    rebuild against the main program."""
+    t = spawn([build(HOST), build(LIBRARY)])
+    r = hotpatch(str(t.pid), build(FIX))
+    assert r.returncode == 4, r.stderr
+    assert "has not loaded the binary this patch was built for" in r.stderr
+    assert "apply once the process has loaded it (dlopen)" in r.stderr, r.stderr
+    assert t.ask("load") == "loaded"
+    assert hotpatch(str(t.pid), build(FIX)).returncode == 0 and t.ask("score 3") == "1006"
