@@ -3,9 +3,11 @@ newest version that stays, in one stop; the older image freed); --all reverts th
 applied twice."""
 
 import json
+import os
+import signal
 
 import pytest
-from harness import Patch, Program, hotpatch, image_of, mappings_in
+from harness import Patch, Program, children_of, hotpatch, hotpatch_popen, image_of, mappings_in
 
 pytestmark = pytest.mark.arm64
 
@@ -73,9 +75,6 @@ def test_revert_out_of_order(build, spawn):
 def test_out_of_order_revert_killed_midway_is_completed(build, spawn):
     """The executor SIGKILLed after the first site of an out-of-order revert is written, before the patch
     that stays records its new saved bytes: the next run finishes the job."""
-    import os
-    import signal
-    from harness import children_of, hotpatch_popen
     t = spawn(build(TARGET))
     for patch in (FIRST, SECOND):
         assert hotpatch(str(t.pid), build(patch)).returncode == 0
