@@ -29,8 +29,9 @@ def gnu_hash(name: bytes) -> int:
 
 class DynamicSymbols:
     def __init__(self, dynsym: bytes, dynstr: bytes, gnu_hash_data: bytes | None,
-                 versym: bytes | None, relas: list[bytes]):
+                 versym: bytes | None, relas: list[bytes], verdef: bytes | None = None):
         self.dynsym, self.dynstr, self.versym, self.relas = dynsym, dynstr, versym, relas
+        self.versions = _version_names(verdef, dynstr) if verdef else {}   # version index -> name
         self.count = len(dynsym) // _SYM.size
         self._table: dict[bytes, list[int]] | None = None
         if gnu_hash_data and len(gnu_hash_data) >= 16:
@@ -55,7 +56,7 @@ class DynamicSymbols:
                             else None)
                 relas = [d for d in (data(".rela.plt"), data(".rela.dyn")) if d]
                 return cls(data(".dynsym") or b"", data(".dynstr") or b"", data(".gnu.hash"),
-                           data(".gnu.version"), relas)
+                           data(".gnu.version"), relas, data(".gnu.version_d"))
         except (ELFError, OSError, ValueError, struct.error) as e:
             raise ELFFormatError(f"cannot read dynamic symbols of {path}: {e}") from e
 
@@ -78,11 +79,26 @@ class DynamicSymbols:
         return True
 
     def lookup(self, name: str) -> tuple[int, bool] | None:
-        """(st_value, is_ifunc) of the default definition of `name`, or None."""
+        """(st_value, is_ifunc) of the default definition of `name`, or None; `name@VERSION` (what
+        .symver makes a reference to) asks for that version, default or not."""
+        if "@" in name:
+            return self._lookup_version(*name.split("@", 1))
         key = name.encode()
         for index in self._candidates(key):
             st_name, st_info, _, _, st_value, _ = self._entry(index)
             if self._name(st_name) == key and self._usable(index):
+                return st_value, (st_info & 0xF) == STT_GNU_IFUNC
+        return None
+
+    def _lookup_version(self, name: str, version: str) -> tuple[int, bool] | None:
+        key = name.encode()
+        for index in self._candidates(key):
+            st_name, st_info, _, st_shndx, st_value, _ = self._entry(index)
+            if self._name(st_name) != key or st_shndx == SHN_UNDEF or not self.versym \
+                    or 2 * index + 2 > len(self.versym):
+                continue
+            (ver,) = struct.unpack_from("<H", self.versym, 2 * index)
+            if self.versions.get(ver & ~VERSYM_HIDDEN) == version.lstrip("@"):
                 return st_value, (st_info & 0xF) == STT_GNU_IFUNC
         return None
 
@@ -158,3 +174,20 @@ class DynamicSymbols:
                         and self._name(self._entry(sym)[0]) == key:
                     return r_offset
         return None
+
+
+def _version_names(verdef: bytes, dynstr: bytes) -> dict[int, str]:
+    """Version index -> name, from .gnu.version_d (Elf64_Verdef records, each with its Verdaux)."""
+    out: dict[int, str] = {}
+    pos, seen = 0, 0
+    while pos + 20 <= len(verdef) and seen < 4096:
+        _version, _flags, index, cnt, _hash, aux, nxt = struct.unpack_from("<HHHHIII", verdef, pos)
+        if cnt and pos + aux + 8 <= len(verdef):
+            (name_off,) = struct.unpack_from("<I", verdef, pos + aux)
+            end = dynstr.find(b"\0", name_off)
+            out[index] = dynstr[name_off:end if end >= 0 else len(dynstr)].decode(errors="replace")
+        if not nxt:
+            break
+        pos += nxt
+        seen += 1
+    return out
