@@ -59,6 +59,7 @@ class PatchMeta:
     origin: dict[str, dict[str, str]] = field(default_factory=dict)
     diffs: list[dict[str, str]] = field(default_factory=list)
     target_library: bool = False     # a shared library (no PT_INTERP): it may be loaded later, by dlopen
+    ifuncs: dict[str, str] = field(default_factory=dict)   # replaced IFUNC -> the implementation replaced
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -83,7 +84,8 @@ class PatchMeta:
                                for k, v in _typed(raw.get("origin", {}), dict).items()},
                        diffs=[_checked(d, {"name": str, "sha256": str, "text": str})
                               for d in _typed(raw.get("diffs", []), list)],
-                       target_library=_typed(raw.get("target_library", False), bool))
+                       target_library=_typed(raw.get("target_library", False), bool),
+                       ifuncs={_typed(k, str): _typed(v, str) for k, v in _typed(raw.get("ifuncs", {}), dict).items()})
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise InvalidPatch(f"patch metadata is malformed: {type(e).__name__}: {e}") from e
         for r in meta.replace:

@@ -61,6 +61,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
             raise PatchMismatch(f"this patch is already applied to process {proc.pid} as patch {r.id}",
                                 "revert it first to apply it again")
     verify_code(proc, module, meta, applied)
+    verify_ifuncs(proc, module, loaded, meta)
     steps.mark("verified")
 
     header_size = records.header_size_for([fn.name for fn in meta.replace], os.path.basename(patch_path),
@@ -179,6 +180,20 @@ def verify_code(proc: Process, module: Module, meta: patchfile.PatchMeta,
                 f"the code of {fn.name} at {entry:#x} differs from the binary the patch was built for "
                 f"(expected {fn.head[:16]}…, found {original[:8].hex()}…)",
                 "the process runs a different build, or something else modified it")
+
+
+def verify_ifuncs(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta) -> None:
+    """A replaced IFUNC: the implementation the patch replaces must be the one this process uses."""
+    if not meta.ifuncs:
+        return
+    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    for fn in meta.replace:
+        if fn.name in meta.ifuncs:
+            used = symbols.bound_ifunc(fn.name, module)
+            if used != module.bias + fn.offset:
+                raise PatchMismatch(f"{fn.name} is an IFUNC: the patch replaces {meta.ifuncs[fn.name]}, but process "
+                                    f"{proc.pid} uses the implementation at {used:#x}",
+                                    "build the patch on the machine the process runs on")
 
 
 def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta,

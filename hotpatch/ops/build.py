@@ -27,6 +27,7 @@ from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
 from hotpatch.elf.symbols import Symbol, SymbolTable, find_debug_file, load_symbol_table
 from hotpatch.errors import AmbiguousSymbol, ELFFormatError, FunctionTooShort, InvalidPatch, SymbolNotFound, UsageError
 from hotpatch.link.linker import GOT_SYMBOL, plan_layout
+from hotpatch.process import ifunc_choice  # reads only hotpatch's own process
 
 FILE_LOCAL = re.compile(r"(.+) \((.+)\)")
 # -ffunction-sections keeps each function apart for the linker; unwind
@@ -71,6 +72,19 @@ def _run(argv: list[str], what: str) -> None:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise InvalidPatch(f"{what} failed ({argv[0]} exit {proc.returncode}); see the diagnostics above")
+
+
+def _ifunc_implementation(name: str, binary_path: str, image: ElfImage, table: SymbolTable) -> Symbol:
+    """The function an IFUNC of the binary resolves to on this machine: the same library loaded in hotpatch
+    itself (same build-id) gives its loader's choice, without running the binary's resolver anywhere."""
+    offset = ifunc_choice.own_offset(name, image.build_id) if image.build_id else None
+    impl = table.at(offset) if offset is not None else None
+    if impl is None:
+        raise InvalidPatch(f"{name} is an IFUNC in {os.path.basename(binary_path)}: which implementation a "
+                           "process uses is known only where that very library is loaded",
+                           "build the patch on a machine that has the same build of it (build-id "
+                           f"{(image.build_id or '?')[:16]}…), or replace the implementation by its name")
+    return impl
 
 
 def _hop_room(arch: Arch, table: SymbolTable, entry: int, binary: bytes, file_off: int) -> int:
@@ -120,7 +134,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
     arch = get_arch(obj.machine)
     with open(binary_path, "rb") as f:
         binary_bytes = f.read()
-    replace, new_functions = [], []
+    replace, new_functions, ifuncs = [], [], {}
     for fn in obj.defined_functions():
         if fn.bind == "local":
             continue
@@ -131,6 +145,11 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
         if old is None and local:
             raise SymbolNotFound(f"the binary has no function {local[1]} in {local[2]}",
                                  "is the binary built from this source?")
+        if old is None and fn.name not in only_new and table.candidates(fn.name, ("ifunc",)):
+            old = _ifunc_implementation(fn.name, binary_path, image, table)
+            warn(f"note: {fn.name} is an IFUNC in {os.path.basename(binary_path)}: the patch replaces "
+                 f"{old.name}, the implementation this machine's loader chooses (apply checks the process's)")
+            ifuncs[fn.name] = old.name
         if old is None:
             new_functions.append(fn.name)
             continue
@@ -216,7 +235,7 @@ def analyse(obj: RelocatableObject, binary_path: str, image: ElfImage, table: Sy
             binary_symbols[name] = patchfile.TargetSymbol(sym.value, sym.kind)
     _check_external(obj, external, binary_path, table, warn, exported)
     return patchfile.PatchMeta(
-        target_library=image.is_pie and not any(p.p_type == PT_INTERP for p in image.phdrs),
+        target_library=image.is_pie and not any(p.p_type == PT_INTERP for p in image.phdrs), ifuncs=ifuncs,
         arch=obj.machine, target_path=os.path.abspath(binary_path), target_build_id=image.build_id,
         target_pie=image.is_pie, replace=replace, target_symbols=binary_symbols, external=external,
         new_functions=new_functions, sources=[os.path.basename(s) for s in sources])

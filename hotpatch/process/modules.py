@@ -175,6 +175,10 @@ class ProcessSymbols:
                                  "apply once the library is loaded and its TLS set up")
         return value
 
+    def bound_ifunc(self, name: str, defining: Module) -> int:
+        """The implementation of IFUNC `name` of `defining` this process calls (see _bound_ifunc)."""
+        return self._bound_ifunc(name, defining)
+
     def _bound_ifunc(self, name: str, defining: Module) -> int:
         # An IFUNC symbol's value is its resolver, which must not be called in
         # the target; use the implementation the process already bound (or its
