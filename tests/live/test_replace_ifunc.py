@@ -5,7 +5,6 @@ the one the process uses; every caller, inside libc too, reaches the new code; r
 import json
 import os
 
-import pytest
 from harness import Program, host_only, hotpatch
 
 pytestmark = host_only("the patch is built against this host's libc")
