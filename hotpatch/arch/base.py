@@ -45,6 +45,8 @@ class Arch(abc.ABC):
     relocations: ClassVar[dict[int, RelocType]]
     got_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a GOT slot
     dtpmod_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a TLS module id
+    tlsdesc_reloc_types: ClassVar[frozenset[int]]  # dynamic relocations that fill a TLS descriptor
+    tlsdesc_return: ClassVar[bytes]                # code returning a descriptor's argument (static TLS)
     stub_size: ClassVar[int]                  # one call stub / veneer through a GOT slot
     # jumps
     branch_reach: ClassVar[int]               # distance the shortest jump reaches: where to place the image

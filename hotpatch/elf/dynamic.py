@@ -121,6 +121,16 @@ class DynamicSymbols:
                 return st_value
         return None
 
+    def tlsdesc_slot(self, name: str, types: set[int]) -> int | None:
+        """r_offset of the TLS descriptor the loader fills for thread-local variable `name`, if any."""
+        key = name.encode()
+        for data in self.relas:
+            for r_offset, r_info, _ in _RELA.iter_unpack(data[:len(data) // 24 * 24]):
+                sym = r_info >> 32
+                if (r_info & 0xFFFFFFFF) in types and 0 < sym < self.count and self._name(self._entry(sym)[0]) == key:
+                    return r_offset
+        return None
+
     def module_id_slot(self, dtpmod_types: set[int]) -> int | None:
         """r_offset of a GOT slot the loader fills with this module's own TLS module id (a DTPMOD64
         relocation against one of its own symbols, or none), if it has one."""

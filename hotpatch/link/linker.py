@@ -31,7 +31,10 @@ _CONSTRUCTOR_TYPES = {14, 15, 16}  # INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY
 _CONSTRUCTOR_NAMES = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini")
 
 Resolver = Callable[[str], int | None]
-TlsResolver = Callable[[str], tuple[int, int]]   # a thread-local variable's (module id, offset in its block)
+# A thread-local variable's pair: (module id, offset in its block) for __tls_get_addr, or a descriptor
+# (entry, argument); an entry of IMAGE_TLSDESC_ENTRY is the image's own (arch.tlsdesc_return).
+TlsResolver = Callable[[str], tuple[int, int]]
+IMAGE_TLSDESC_ENTRY = -1
 MAX_IMAGE_SIZE = 64 << 20   # a patch is functions, not a program: refuse what would flood the target
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"   # the image's own GOT, never the target's
 LOW_LIMIT = 1 << 31   # an image with absolute 32-bit relocations ends below this (R_X86_64_32S: signed)
@@ -80,7 +83,8 @@ class LayoutPlan:
     frame_object_offset: int | None = None
     low: bool = False   # absolute 32-bit relocations: the image must lie below LOW_LIMIT
     tls_offset: int = 0
-    tls_keys: list[str] = field(default_factory=list)   # pair i: the tls_index of this variable
+    tls_keys: list[str] = field(default_factory=list)   # pair i: the tls_index (descriptor) of this variable
+    tlsdesc_offset: int = 0                              # the image's static TLS descriptor entry
 
     def link(self, base: int, resolve: Resolver, resolve_tls: TlsResolver | None = None) -> LinkedImage:
         return _link(self, base, resolve, resolve_tls)
@@ -191,6 +195,9 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
     pos = stub_offset + arch.stub_size * len(stub_keys)
     trap_offset = _align(pos, 4)
     pos = trap_offset + len(arch.return_loop)
+    tlsdesc_offset = _align(pos, 4)
+    if tls_keys:
+        pos = tlsdesc_offset + len(arch.tlsdesc_return)
     if pos > start:
         segments.append(Segment(start, _align(pos, page_size) - start, PROT_READ | PROT_EXEC))
     start = pos = _align(pos, page_size)
@@ -208,13 +215,15 @@ def plan_layout(obj: RelocatableObject, arch: Arch, header_size: int, page_size:
                            "is allowed", "a patch holds replacement functions, not a program")
     return LayoutPlan(obj, arch, page_size, header_size, offsets, got_offset, list(got_keys),
                       stub_offset, list(stub_keys), segments, size, list(undefined), eh_frame,
-                      trap_offset, frame_object_offset, low, tls_offset, list(tls_keys))
+                      trap_offset, frame_object_offset, low, tls_offset, list(tls_keys), tlsdesc_offset)
 
 
 def _link(plan: LayoutPlan, base: int, resolve: Resolver, resolve_tls: TlsResolver | None) -> LinkedImage:
     obj, arch = plan.obj, plan.arch
     image = bytearray(plan.size)
     image[plan.trap_offset:plan.trap_offset + len(arch.return_loop)] = arch.return_loop
+    if plan.tls_keys:
+        image[plan.tlsdesc_offset:plan.tlsdesc_offset + len(arch.tlsdesc_return)] = arch.tlsdesc_return
     for index, offset in plan.section_offsets.items():
         sec = obj.sections[index]
         image[offset:offset + len(sec.data)] = sec.data
@@ -264,9 +273,11 @@ def _link(plan: LayoutPlan, base: int, resolve: Resolver, resolve_tls: TlsResolv
     for i, name in enumerate(plan.tls_keys):
         if resolve_tls is None:
             raise SymbolNotFound(f"{name} is a thread-local variable: it binds only in a process")
-        module_id, offset = resolve_tls(name)
+        first, second = resolve_tls(name)
+        if first == IMAGE_TLSDESC_ENTRY:
+            first = base + plan.tlsdesc_offset
         at = plan.tls_offset + 16 * i
-        image[at:at + 16] = module_id.to_bytes(8, "little") + offset.to_bytes(8, "little")
+        image[at:at + 16] = first.to_bytes(8, "little") + (second & (1 << 64) - 1).to_bytes(8, "little")
         pairs[name] = base + at
     stubs = {}
     for i, name in enumerate(plan.stub_keys):

@@ -211,8 +211,8 @@ def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: 
 
 
 def tls_resolver(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta):
-    """(module id, offset) of each thread-local variable the patch uses: the binary's own (recorded at
-    build) in the patched module, else the first module in scope that defines it."""
+    """The pair (tls_index or descriptor) of each thread-local variable the patch uses: the binary's own
+    (recorded at build) in the patched module, else the first module in scope that defines it."""
     symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
     cache: dict[str, tuple[int, int]] = {}
 
@@ -220,9 +220,9 @@ def tls_resolver(proc: Process, module: Module, loaded: LoadedModules, meta: pat
         if name not in cache:
             own = meta.target_symbols.get(name)
             if own is not None and own.kind == "tls":
-                cache[name] = (symbols.module_id(module, proc.arch.dtpmod_reloc_types), own.offset)
+                cache[name] = symbols.tls_pair(module, name, own.offset, proc.arch)
             else:
-                cache[name] = symbols.resolve_tls(name, proc.arch.dtpmod_reloc_types)
+                cache[name] = symbols.resolve_tls(name, proc.arch)
         return cache[name]
     return resolve
 

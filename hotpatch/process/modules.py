@@ -7,6 +7,7 @@ from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import PT_DYNAMIC, PT_TLS, ElfImage, load_bias
 from hotpatch.elf.needed import soname_and_needed
 from hotpatch.errors import ELFFormatError, SymbolNotFound, TraceError
+from hotpatch.link.linker import IMAGE_TLSDESC_ENTRY
 from hotpatch.process import ifunc_choice
 from hotpatch.process.linkmap import link_map
 from hotpatch.process.maps import Mapping
@@ -146,17 +147,37 @@ class ProcessSymbols:
                                  "check that the process's libraries are intact")
         return None
 
-    def resolve_tls(self, name: str, dtpmod_types: set[int]) -> tuple[int, int]:
-        """A thread-local variable of a loaded module: (its module id, its offset in the module's block),
-        what __tls_get_addr takes; the first definition in scope order."""
+    def resolve_tls(self, name: str, arch) -> tuple[int, int]:
+        """A thread-local variable of a loaded module, as the patch's access takes it (tls_pair); the
+        first definition in scope order."""
         for module in self.scope():
             table = self._table(module)
             offset = table.tls_value(name) if table else None
             if offset is not None:
                 self.bound_in[name] = module.path
-                return self.module_id(module, dtpmod_types), offset
+                return self.tls_pair(module, name, offset, arch)
         raise SymbolNotFound(f"thread-local variable {name} is defined in no module of the process",
                              "declare only variables the target or its libraries define")
+
+    def tls_pair(self, module: Module, name: str, offset: int, arch) -> tuple[int, int]:
+        """x86-64: (module id, offset) for __tls_get_addr. AArch64: a TLS descriptor (entry, argument):
+        the loader's own descriptor of the variable in its module's GOT, or for the executable's static
+        TLS the image's entry with the variable's offset from the thread pointer (TCB of 16 bytes, then
+        the executable's block aligned as its PT_TLS says)."""
+        if not arch.tlsdesc_return:
+            return self.module_id(module, arch.dtpmod_reloc_types), offset
+        table = self._table(module)
+        slot = table.tlsdesc_slot(name, arch.tlsdesc_reloc_types) if table else None
+        if slot is not None:
+            data = self.mem.read(module.bias + slot, 16)
+            return int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
+        tls = next((p for p in module.image.phdrs if p.p_type == PT_TLS), None)
+        if module is self.modules[0] and tls is not None:
+            align = max(tls.p_align, 1)
+            return IMAGE_TLSDESC_ENTRY, (16 + align - 1) // align * align + offset
+        raise SymbolNotFound(f"thread-local variable {name} of {os.path.basename(module.path)} has no descriptor "
+                             "the loader filled (the library never reaches it through one itself)",
+                             "use the variable through a function of that library instead")
 
     def module_id(self, module: Module, dtpmod_types: set[int]) -> int:
         """The TLS module id the loader gave `module`: 1 for an executable with TLS; for a library, read

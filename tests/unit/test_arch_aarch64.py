@@ -378,12 +378,27 @@ def test_data_relocations():
     assert RELOCATIONS[261].width == 4 and RELOCATIONS[257].width == 8
 
 
-@pytest.mark.parametrize("r_type", [541, 542, 549, 551, 560, 561, 562, 563, 564, 566, 569, 512, 573])
-def test_tls_refused(r_type):
+@pytest.mark.parametrize("r_type", [541, 542, 549, 551, 560, 561, 566, 512, 573])
+def test_tls_models_refused(r_type):
     rtype = RELOCATIONS[r_type]
     assert rtype.name.startswith("R_AARCH64_TLS")
     with pytest.raises(RelocationError, match="thread-local"):
         rtype.compute(0, 0, 0, 0)
+
+
+def test_tls_descriptor_relocations():
+    """adrp/ldr/add of a TLS descriptor reach the image's pair (G); the call marker writes nothing."""
+    desc, place = 0x7F00_0000_2010, 0x7F00_0000_0000
+    for r_type in (562, 563, 564, 569):
+        assert RELOCATIONS[r_type].tls_index and RELOCATIONS[r_type].refusal is None
+    assert RELOCATIONS[562].compute(0, 0, place, desc) == 0x2000   # page difference
+    assert RELOCATIONS[563].compute(0, 0, place, desc) == desc
+    word = bytearray(struct.pack("<I", 0xF9400001))                # ldr x1, [x0]
+    RELOCATIONS[563].store(word, 0, desc)
+    assert struct.unpack("<I", word)[0] == 0xF9400001 | (0x010 >> 3) << 10
+    blr = bytearray(struct.pack("<I", 0xD63F0020))
+    RELOCATIONS[569].store(blr, 0, RELOCATIONS[569].compute(0, 0, place, desc))
+    assert struct.unpack("<I", blr)[0] == 0xD63F0020
 
 
 def test_table_names():

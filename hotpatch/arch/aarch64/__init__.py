@@ -18,6 +18,8 @@ class AArch64(Arch):
     relocations = relocation_table.RELOCATIONS
     got_reloc_types = relocation_table.GOT_RELOC_TYPES
     dtpmod_reloc_types = relocation_table.DTPMOD_RELOC_TYPES
+    tlsdesc_reloc_types = relocation_table.TLSDESC_RELOC_TYPES
+    tlsdesc_return = bytes.fromhex("000440f9c0035fd6")   # ldr x0, [x0, #8]; ret: a static TLS descriptor's entry
     stub_size = jumps.STUB_SIZE
     branch_reach = jumps.REACH
     fallback_reach = jumps.FALLBACK_REACH

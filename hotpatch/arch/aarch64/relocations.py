@@ -37,11 +37,16 @@ def gdat_pc_relative(s: int, a: int, p: int, g: int) -> int:
     return g - p
 
 
+def _nothing(buf: bytearray, offset: int, value: int) -> None:
+    """R_AARCH64_TLSDESC_CALL marks the blr for a linker that relaxes; nothing is written."""
+
+
 def _insn(name: str, compute: R.Compute, store: R.Store, **flags) -> R.RelocType:
     return R.RelocType(name, compute, store, 4, **flags)
 
 
-TLS_WHY = "thread-local variables in a patch are not supported; use a global or a static variable"
+TLS_WHY = ("this thread-local access model is not supported: a patch reaches the process's __thread "
+           "variables through TLS descriptors, as -fPIC code does; its own must be globals or statics")
 PIC_WHY = "absolute 32/16-bit address: build the patch with -fPIC (hotpatch build does)"
 LARGE_WHY = "large code model: build without -mcmodel=large"
 SMALL_PIC_WHY = "small GOT model (-fpic): build the patch with -fPIC"
@@ -154,14 +159,16 @@ RELOCATIONS: dict[int, R.RelocType] = {
     559: R.unsupported("R_AARCH64_TLSLE_LDST64_TPREL_LO12_NC", TLS_WHY),
     560: R.unsupported("R_AARCH64_TLSDESC_LD_PREL19", TLS_WHY),
     561: R.unsupported("R_AARCH64_TLSDESC_ADR_PREL21", TLS_WHY),
-    562: R.unsupported("R_AARCH64_TLSDESC_ADR_PAGE21", TLS_WHY),
-    563: R.unsupported("R_AARCH64_TLSDESC_LD64_LO12", TLS_WHY),
-    564: R.unsupported("R_AARCH64_TLSDESC_ADD_LO12", TLS_WHY),
+    # TLS descriptors (the default dialect): the descriptor {entry, argument} lives in the image, filled
+    # with the loader's own descriptor of the variable, or for static TLS the image's own entry
+    562: _insn("R_AARCH64_TLSDESC_ADR_PAGE21", gdat_page_relative, ADRP_PAGE, tls_index=True),
+    563: _insn("R_AARCH64_TLSDESC_LD64_LO12", gdat_absolute, lo12_field(3), tls_index=True),
+    564: _insn("R_AARCH64_TLSDESC_ADD_LO12", gdat_absolute, lo12_field(0), tls_index=True),
     565: R.unsupported("R_AARCH64_TLSDESC_OFF_G1", TLS_WHY),
     566: R.unsupported("R_AARCH64_TLSDESC_OFF_G0_NC", TLS_WHY),
     567: R.unsupported("R_AARCH64_TLSDESC_LDR", TLS_WHY),
     568: R.unsupported("R_AARCH64_TLSDESC_ADD", TLS_WHY),
-    569: R.unsupported("R_AARCH64_TLSDESC_CALL", TLS_WHY),
+    569: _insn("R_AARCH64_TLSDESC_CALL", gdat_absolute, _nothing, tls_index=True),
     570: R.unsupported("R_AARCH64_TLSLE_LDST128_TPREL_LO12", TLS_WHY),
     571: R.unsupported("R_AARCH64_TLSLE_LDST128_TPREL_LO12_NC", TLS_WHY),
     572: R.unsupported("R_AARCH64_TLSLD_LDST128_DTPREL_LO12", TLS_WHY),
@@ -171,3 +178,4 @@ RELOCATIONS: dict[int, R.RelocType] = {
 R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT = 1025, 1026
 GOT_RELOC_TYPES = frozenset({R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT})
 DTPMOD_RELOC_TYPES = frozenset({1028})   # the loader writes a module's TLS id there
+TLSDESC_RELOC_TYPES = frozenset({1031})   # the loader fills a {entry, argument} descriptor there

@@ -18,6 +18,8 @@ class X86_64(Arch):
     relocations = relocation_table.RELOCATIONS
     got_reloc_types = relocation_table.GOT_RELOC_TYPES
     dtpmod_reloc_types = relocation_table.DTPMOD_RELOC_TYPES
+    tlsdesc_reloc_types = relocation_table.TLSDESC_RELOC_TYPES
+    tlsdesc_return = b""   # no descriptors: tls_index pairs
     stub_size = jumps.STUB_SIZE
     branch_reach = jumps.REACH
     fallback_reach = None

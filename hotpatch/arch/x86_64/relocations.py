@@ -33,3 +33,4 @@ RELOCATIONS: dict[int, R.RelocType] = {
 R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
 GOT_RELOC_TYPES = frozenset({R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT})
 DTPMOD_RELOC_TYPES = frozenset({16})   # the loader writes a module's TLS id there
+TLSDESC_RELOC_TYPES: frozenset[int] = frozenset()   # patches use general dynamic (tls_index pairs)
