@@ -58,8 +58,8 @@ def settle(proc: Process, timeout: float) -> list[str]:
     for r in stale:
         done.append(f"patch {r.id} ({r.patch}) was left {how[r.id]} by an interrupted run: rolled back, "
                     "its image freed" if how[r.id] else
-                    f"no jump of patch {r.id} ({r.patch}) stands any more (its library was loaded again, or "
-                    "someone restored the code): its image freed")
+                    f"patch {r.id} ({r.patch}) has no jump standing any more (reverted before with its image "
+                    "left, or its library loaded again): its image freed")
         r.committing = r.reverting = False
     freed, retired, unfreed = free_images(proc, stale, proc.stack_mappings(), steps)
     done += [f"the image of patch {u['id']} stays mapped, retired ({u['reason']})" for u in retired]
