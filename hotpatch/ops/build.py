@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from hotpatch import patchfile
-from hotpatch.arch import arch_for_machine, get_arch
+from hotpatch.arch import arch_for_machine, clobbers, get_arch
 from hotpatch.arch.base import Arch
 from hotpatch.diff.dwarf import producers
 from hotpatch.elf.dynamic import DynamicSymbols
@@ -283,7 +283,8 @@ def _check_external(obj: RelocatableObject, external: list[str], binary_path: st
             f"define {name} in the patch itself (static)")
 
 
-def _warn_inlining(binary: str, image: ElfImage, table: SymbolTable, meta: patchfile.PatchMeta, warn) -> None:
+def _warn_inlining(binary: str, image: ElfImage, table: SymbolTable, meta: patchfile.PatchMeta, warn,
+                   obj: RelocatableObject) -> None:
     """An optimised build without -flive-patching may have inlined or specialised a replaced function into
     callers the patch leaves alone: say so, from the compilers' own record (DW_AT_producer)."""
     path = binary if table.source == binary else (find_debug_file(image.build_id, table.debug_dirs) or binary)
@@ -293,6 +294,35 @@ def _warn_inlining(binary: str, image: ElfImage, table: SymbolTable, meta: patch
         warn(f"warning: {os.path.basename(binary)} was optimised without -flive-patching: callers of "
              f"{', '.join(f.name for f in meta.replace[:5])} may have inlined or specialised them and keep "
              "the old code; `hotpatch build --diff` finds such callers and replaces them too")
+    if optimised and not any("-flive-patching" in p or "-fno-ipa-ra" in p for p in optimised):
+        _warn_clobbers(binary, image, meta, obj, warn)
+
+
+def _warn_clobbers(binary: str, image: ElfImage, meta: patchfile.PatchMeta, obj: RelocatableObject, warn) -> None:
+    """-fipa-ra (on at -O2): callers in the same file may keep values in caller-saved registers across a call
+    to a function they know leaves them alone. A new version that writes more of them breaks those callers."""
+    with open(binary, "rb") as f:
+        data = f.read()
+    arch = get_arch(obj.machine)
+    for fn in meta.replace:
+        off = image.vaddr_to_offset(fn.offset)
+        sym = next((s for s in obj.defined_functions() if s.name == fn.name), None)
+        if off is None or sym is None or not isinstance(sym.shndx, int):
+            continue
+        before = clobbers.written(obj.machine, data[off:off + fn.size])
+        if before is clobbers.ALL:
+            continue   # it calls out already: its callers expect every caller-saved register lost
+        calls = any(arch.relocations.get(r.r_type) is not None and arch.relocations[r.r_type].is_call
+                    for r in obj.relocations.get(sym.shndx, []) if sym.value <= r.r_offset < sym.value + sym.size)
+        section = obj.sections[sym.shndx].data
+        after = clobbers.ALL if calls else clobbers.written(obj.machine, section[sym.value:sym.value + sym.size])
+        more = sorted((clobbers.caller_saved(obj.machine) if after is clobbers.ALL else after) - before)
+        if more:
+            warn(f"warning: {fn.name}: the new version writes {', '.join(more[:6])}"
+                 f"{' (it calls out)' if after is clobbers.ALL else ''}, which the original left alone; callers "
+                 "compiled with -fipa-ra (on at -O2 unless -flive-patching) may keep values there across the "
+                 "call and break. Rebuild the program with -fno-ipa-ra or -flive-patching=inline-clone, or keep "
+                 "the new version from using them")
 
 
 def build(sources: list[str], binary: str, output: str, cflags: str = "",
@@ -325,5 +355,5 @@ def build(sources: list[str], binary: str, output: str, cflags: str = "",
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, output)
-    _warn_inlining(binary, image, table, meta, warn)
+    _warn_inlining(binary, image, table, meta, warn, obj)
     return meta
