@@ -24,7 +24,7 @@ from hotpatch.errors import (
 )
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "demo")
+COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "sign", "demo")
 
 
 MAX_TIMEOUT = 24 * 3600.0
@@ -60,6 +60,9 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the functions to replace (default 10)")
     a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
+    a.add_argument("--trust", metavar="ALLOWED_SIGNERS", help="OpenSSH allowed-signers file; when it exists "
+                   "(default /etc/hotpatch/allowed_signers, or $HOTPATCH_TRUST) only patches signed by a key in it "
+                   "are applied")
     a.add_argument("--json", action="store_true")
 
     b = sub.add_parser("build", help="compile patch sources for a binary", epilog=EPILOG,
@@ -100,6 +103,12 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the images (default 10)")
     g.add_argument("--json", action="store_true")
+
+    sg = sub.add_parser("sign", help="sign a patch file with an OpenSSH key (writes PATCHFILE.sig)", epilog=EPILOG,
+                        formatter_class=fmt)
+    sg.add_argument("patch")
+    sg.add_argument("--key", required=True, metavar="SSH_PRIVATE_KEY")
+    sg.add_argument("--json", action="store_true")
 
     i = sub.add_parser("info", help="describe a patch file", epilog=EPILOG, formatter_class=fmt)
     i.add_argument("patch")
@@ -209,7 +218,7 @@ def quiet_stdout() -> None:
 def run(args) -> int:
     if args.command == "apply":
         from hotpatch.ops.apply import apply
-        report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run)
+        report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run, trust=args.trust)
         emit(args, report, describe_apply(report))
         warn_repaired(report)
         for w in report.get("warnings", []):
@@ -297,6 +306,11 @@ def run(args) -> int:
                         f"  sources:   {', '.join(m.sources)}"] + _origin_lines(m)
                        + ([f"  in process {args.resolve}:"] + [printable(line) for line in describe(bindings)]
                           if bindings else [])))
+    elif args.command == "sign":
+        from hotpatch.ops.trust import sign
+        sig = sign(args.patch, args.key)
+        emit(args, {"status": "signed", "patch": args.patch, "signature": sig},
+             f"signed {args.patch}: {sig} (verify: ssh-keygen -Y verify -n hotpatch -s {sig} ...)")
     elif args.command == "demo":
         from hotpatch.demo import run_demo
         return run_demo()

@@ -15,6 +15,7 @@ EXIT_TRACE = 5
 EXIT_INVALID = 6
 EXIT_UNDO_FAILED = 7
 EXIT_REFUSED = 8
+EXIT_UNTRUSTED = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -27,6 +28,7 @@ EXIT_CODES = {
     EXIT_INVALID: "invalid patch or patch source",
     EXIT_UNDO_FAILED: "a failure, and undoing it failed too: the process may be damaged",
     EXIT_REFUSED: "the kernel refused a system call made in the process (out of memory, limits)",
+    EXIT_UNTRUSTED: "the patch is not signed by a trusted key (or the trust settings are unsafe)",
     EXIT_INTERRUPTED: "interrupted (SIGINT, SIGTERM, SIGHUP): what was done is undone",
 }
 
@@ -105,6 +107,10 @@ class UnsupportedArch(InvalidPatch):
 
 
 # -- the process --------------------------------------------------------------
+
+class Untrusted(HotpatchError):
+    exit_code = EXIT_UNTRUSTED
+
 
 class ProcessBusy(HotpatchError):
     exit_code = EXIT_BUSY

@@ -165,7 +165,11 @@ def decode(data: bytes, name: str = "patch") -> PatchFile:
 
 
 def read(path: str) -> PatchFile:
-    """A patch file: a regular file, opened without blocking (a FIFO or a device would hang or lie)."""
+    return decode(read_bytes(path), path)
+
+
+def read_bytes(path: str) -> bytes:
+    """A patch file's bytes: a regular file, opened without blocking (a FIFO or a device would hang or lie)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
@@ -178,9 +182,8 @@ def read(path: str) -> PatchFile:
         if st.st_size > MAX_META + MAX_OBJ + 64:
             raise InvalidPatch(f"{path} is {st.st_size} bytes: too large for a patch file")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_META + MAX_OBJ + 64)
+            return f.read(MAX_META + MAX_OBJ + 64)
     except OSError as e:
         raise InvalidPatch(f"cannot read patch file {path}: {e.strerror}") from e
     finally:
         os.close(fd)
-    return decode(data, path)

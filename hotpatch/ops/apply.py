@@ -21,14 +21,17 @@ from hotpatch.live import ehframe, hostkey, image, perfmap, records, sandbox, tr
 from hotpatch.live.transaction import Transaction
 from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle
+from hotpatch.ops.trust import verify
 from hotpatch.process.attach import Process, attach, check_pid
 from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
 from hotpatch.steps import Steps, check_interrupted
 
 
-def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False) -> dict:
+def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False, trust: str | None = None) -> dict:
     steps = Steps("apply")
-    patch = patchfile.read(patch_path)
+    data = patchfile.read_bytes(patch_path)
+    signer = verify(patch_path, data, trust)   # the bytes checked are the bytes applied
+    patch = patchfile.decode(data, patch_path)
     patch.obj   # parse and check the code now: a bad patch never reaches the process
     arch = get_arch(patch.meta.arch)
     check_pid(pid)
@@ -36,7 +39,9 @@ def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = Fals
     proc = attach(pid, arch, abort_check=check_interrupted)
     tx = Transaction()
     try:
-        return _apply(proc, tx, patch, patch_path, timeout, dry_run, steps)
+        report = _apply(proc, tx, patch, patch_path, timeout, dry_run, steps)
+        report["signed_by"] = signer
+        return report
     except BaseException as e:
         tx.abort(proc, e)
         raise
