@@ -16,6 +16,7 @@ from hotpatch.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
     EXIT_UNDO_FAILED,
     EXIT_USAGE,
     HotpatchError,
@@ -54,9 +55,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hotpatch {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    a = sub.add_parser("apply", help="apply a patch to a running process", epilog=EPILOG, formatter_class=fmt)
-    a.add_argument("pid", type=int)
-    a.add_argument("patch")
+    a = sub.add_parser("apply", help="apply a patch to a running process, or to every process of the host "
+                       "that maps its binary", epilog=EPILOG, formatter_class=fmt,
+                       usage="hotpatch apply (PID | --all-processes) PATCHFILE [options]")
+    a.add_argument("operands", nargs="+", metavar="PID PATCHFILE")
+    a.add_argument("--all-processes", action="store_true",
+                   help="every process that maps the patch's binary (by build-id, containers included)")
+    a.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                   help="with --all-processes: processes patched at once (default: CPUs, at most 8)")
     a.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the functions to replace (default 10)")
     a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
@@ -156,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         make_parser().print_help()
         return EXIT_USAGE
+    if args.command == "apply":
+        try:
+            _apply_operands(args)
+        except HotpatchError as e:
+            return fail(e.exit_code, e.kind, e.line(), want_json, e.details)
     if args.command not in MUTATING:
         return guarded(args, want_json)
     from hotpatch.executor import ExecutorKilled, run_detached
@@ -163,8 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_detached(lambda: guarded(args, want_json))
     except ExecutorKilled as e:
         return fail(EXIT_UNDO_FAILED, "executor-killed",
-                    f"{e}; the transaction may be incomplete: `hotpatch list {args.pid}` shows the process's "
+                    f"{e}; the transaction may be incomplete: `hotpatch list {args.pid or 'PID'}` shows the process's "
                     "state, and the next hotpatch run on it completes or undoes what was left", want_json)
+
+
+def _apply_operands(args) -> None:
+    """PID PATCHFILE, or --all-processes PATCHFILE."""
+    if args.all_processes:
+        if len(args.operands) != 1:
+            raise UsageError("apply --all-processes takes the patch file only")
+        args.pid, args.patch = None, args.operands[0]
+        return
+    if len(args.operands) != 2 or not args.operands[0].lstrip("-").isdigit():
+        raise UsageError("apply takes PID PATCHFILE (or --all-processes PATCHFILE)")
+    args.pid, args.patch = int(args.operands[0]), args.operands[1]
 
 
 def guarded(args, want_json: bool) -> int:
@@ -216,6 +239,14 @@ def quiet_stdout() -> None:
 
 
 def run(args) -> int:
+    if args.command == "apply" and args.all_processes:
+        from hotpatch.ops.fleet import apply_everywhere
+        report = apply_everywhere(args.patch, args.jobs, args.timeout, args.trust)
+        lines = [printable(f"{p['pid']:>7}  {p['outcome']:<16} {p.get('binary', '')}"
+                           + (f"  {p['message']}" if p["message"] else "")) for p in report["processes"]]
+        totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process maps it"
+        emit(args, report, "\n".join(lines + [f"{report['patch']}: {totals} ({report['seconds']} s)"]))
+        return 0 if report["status"] == "done" else EXIT_PARTIAL
     if args.command == "apply":
         from hotpatch.ops.apply import apply
         report = apply(args.pid, args.patch, timeout=args.timeout, dry_run=args.dry_run, trust=args.trust)

@@ -16,6 +16,7 @@ EXIT_INVALID = 6
 EXIT_UNDO_FAILED = 7
 EXIT_REFUSED = 8
 EXIT_UNTRUSTED = 9
+EXIT_PARTIAL = 10
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -29,6 +30,7 @@ EXIT_CODES = {
     EXIT_UNDO_FAILED: "a failure, and undoing it failed too: the process may be damaged",
     EXIT_REFUSED: "the kernel refused a system call made in the process (out of memory, limits)",
     EXIT_UNTRUSTED: "the patch is not signed by a trusted key (or the trust settings are unsafe)",
+    EXIT_PARTIAL: "--all-processes: some processes were not patched (each one's reason in the summary)",
     EXIT_INTERRUPTED: "interrupted (SIGINT, SIGTERM, SIGHUP): what was done is undone",
 }
 

@@ -1,0 +1,145 @@
+"""Every process of the host that maps a patch's binary: `apply --all-processes`, and `status`.
+
+The processes are found by build-id, not by path: a binary is the same file in a container (another mount
+namespace, a chroot) as outside, and another build at the same path is another binary. Each mapped file is
+read once (by device and inode), through /proc/PID/map_files, which opens it as the process sees it.
+
+Each process is patched by its own worker, a forked child, in its own transaction: one that is busy,
+gone or refused never stops the others, and none is left half patched. `--jobs` bounds the workers.
+"""
+
+import json
+import os
+import select
+import signal
+import time
+
+from hotpatch import patchfile
+from hotpatch.elf.image import ElfImage
+from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy
+from hotpatch.ops.apply import apply  # the workers' work, imported before they fork
+from hotpatch.ops.trust import verify
+
+ELF_MAGIC = b"\x7fELF"
+
+
+def processes_mapping(build_id: str, skip: set[int]) -> list[tuple[int, str]]:
+    """(pid, path as the process sees it) of every user process mapping a file with that build-id."""
+    cache: dict[tuple[str, int], str | None] = {}   # (device, inode) -> build-id
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue   # gone, or not ours to read
+        for line in lines:
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not parts[5].startswith("/") or int(parts[2], 16) != 0:
+                continue
+            key = (parts[3], int(parts[4]))
+            if key not in cache:
+                cache[key] = _build_id(pid, parts[0])
+            if cache[key] == build_id:
+                out.append((pid, parts[5]))
+                break
+    return out
+
+
+def _build_id(pid: int, span: str) -> str | None:
+    try:
+        path = f"/proc/{pid}/map_files/{span}"
+        with open(path, "rb") as f:
+            if f.read(4) != ELF_MAGIC:
+                return None
+        return ElfImage.from_path(path).build_id
+    except (OSError, HotpatchError):
+        return None
+
+
+def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | None) -> dict:
+    """Apply to every process mapping the patch's binary; a result per process."""
+    data = patchfile.read_bytes(patch_path)
+    signer = verify(patch_path, data, trust)
+    meta = patchfile.decode(data, patch_path).meta
+    started = time.monotonic()
+    targets = processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()})
+    results = _run_workers([pid for pid, _ in targets], patch_path, jobs, timeout, trust)
+    for pid, path in targets:
+        results[pid]["binary"] = path
+    summary: dict[str, int] = {}
+    for r in results.values():
+        summary[r["outcome"]] = summary.get(r["outcome"], 0) + 1
+    return {"status": "done" if all(r["outcome"] in ("patched", "already patched") for r in results.values())
+            else "some failed", "patch": os.path.basename(patch_path), "build_id": meta.target_build_id,
+            "signed_by": signer, "processes": [results[pid] for pid, _ in targets], "summary": summary,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _run_workers(pids: list[int], patch_path: str, jobs: int, timeout: float, trust: str | None) -> dict:
+    results: dict[int, dict] = {}
+    pending, running = list(pids), {}   # read end -> (pid, worker, chunks)
+    while pending or running:
+        while pending and len(running) < max(jobs, 1):
+            pid = pending.pop(0)
+            r, w = os.pipe()
+            worker = os.fork()
+            if worker == 0:
+                os.close(r)
+                _worker(pid, w, lambda pid=pid: apply(pid, patch_path, timeout=timeout, trust=trust))
+            os.close(w)
+            running[r] = (pid, worker, [])
+        ready, _, _ = select.select(list(running), [], [], 1.0)
+        for r in ready:
+            chunk = os.read(r, 65536)
+            if chunk:
+                running[r][2].append(chunk)
+                continue
+            pid, worker, chunks = running.pop(r)
+            os.close(r)
+            _, status = os.waitpid(worker, 0)
+            results[pid] = _result(pid, b"".join(chunks), status)
+    return results
+
+
+def _worker(pid: int, w: int, work) -> None:
+    """A forked child: apply to one process, its result as one JSON line on `w`."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent relays requests as SIGTERM
+        try:
+            report = work()
+            result = {"pid": pid, "outcome": "patched", "id": report.get("id"),
+                      "stop_ms": _stop_ms(report), "message": ""}
+        except ProcessBusy as e:
+            result = {"pid": pid, "outcome": "busy", "message": e.line()}
+        except PatchMismatch as e:
+            outcome = "already patched" if "already applied" in e.message else "failed"
+            result = {"pid": pid, "outcome": outcome, "message": e.line()}
+        except HotpatchError as e:
+            result = {"pid": pid, "outcome": "failed", "message": e.line(), "exit_code": e.exit_code}
+        except Exception as e:   # a bug in one worker: reported, the others go on
+            result = {"pid": pid, "outcome": "failed", "message": f"internal error: {type(e).__name__}: {e}"}
+        os.write(w, json.dumps(result).encode())
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _result(pid: int, data: bytes, status: int) -> dict:
+    try:
+        return json.loads(data)
+    except ValueError:
+        how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
+            f"exit {os.waitstatus_to_exitcode(status)}"
+        return {"pid": pid, "outcome": "failed", "message": f"its worker ended without a result ({how}): "
+                "`hotpatch list PID` shows the process's state, the next run completes what was left"}
+
+
+def _stop_ms(report: dict) -> float | None:
+    t = report.get("timings_ms", {})
+    return round(t["resumed"] - t["stopping"], 3) if "resumed" in t and "stopping" in t else None

@@ -1,0 +1,46 @@
+"""`apply --all-processes`: every process mapping the patch's binary (by build-id), each in its own
+transaction, concurrently; one that is busy or already patched does not stop the others; a process of
+another binary is left alone. Exit 0 when all are patched, 10 when some are not, with the reason each."""
+
+import json
+
+import pytest
+from harness import Patch, Program, hotpatch
+
+pytestmark = pytest.mark.arm64
+
+TARGET = Program("target.c", "-fPIE", "-pie")
+OTHER = Program("target.c", "-fPIE", "-pie", "-O1")   # same source, another build (another build-id)
+FIX = Patch("patch_target.c", TARGET)
+
+
+def test_every_process_of_the_binary(build, spawn):
+    ts = [spawn(build(TARGET)) for _ in range(5)]
+    other = spawn(build(OTHER))
+    assert hotpatch(str(ts[0].pid), build(FIX)).returncode == 0      # one has it already
+    r = hotpatch("apply", "--all-processes", build(FIX), "--jobs", "3", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    outcomes = {p["pid"]: p["outcome"] for p in report["processes"]}
+    assert outcomes == {ts[0].pid: "already patched", **{t.pid: "patched" for t in ts[1:]}}, outcomes
+    assert all(t.ask("compute 5") == "51" for t in ts)
+    assert other.ask("compute 5") == "11" and other.status("TracerPid") == "0"
+    r = hotpatch("apply", "--all-processes", build(FIX))
+    assert r.returncode == 0 and "5 already patched" in r.stdout, r.stdout + r.stderr
+
+
+def test_some_not_patched_exit_10(build, spawn, tmp_path):
+    """One process whose code someone else changed is refused (its reason given); the others are patched."""
+    good, changed = spawn(build(TARGET)), spawn(build(TARGET))
+    entry = changed.symbol_address(build(TARGET), "compute")
+    with open(f"/proc/{changed.pid}/mem", "r+b") as mem:   # a debugger's breakpoint, say
+        mem.seek(entry + 1)
+        mem.write(b"\xcc")
+    r = hotpatch("apply", "--all-processes", build(FIX), "--json")
+    assert r.returncode == 10, r.stdout + r.stderr
+    outcomes = {p["pid"]: p for p in json.loads(r.stdout)["processes"]}
+    assert outcomes[good.pid]["outcome"] == "patched" and good.ask("compute 5") == "51"
+    assert outcomes[changed.pid]["outcome"] == "failed" and "differs" in outcomes[changed.pid]["message"]
+    assert changed.status("TracerPid") == "0"
+    r = hotpatch("apply", "--all-processes", str(tmp_path / "missing.hp"))
+    assert r.returncode == 6 and "missing.hp" in r.stderr
