@@ -25,7 +25,7 @@ from hotpatch.errors import (
 )
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "sign", "demo")
+COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "sign", "status", "demo")
 
 
 MAX_TIMEOUT = 24 * 3600.0
@@ -109,6 +109,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the images (default 10)")
     g.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="host-wide: which processes carry which patches, and which map a "
+                        "patched binary without its patch", epilog=EPILOG, formatter_class=fmt)
+    st.add_argument("--json", action="store_true")
 
     sg = sub.add_parser("sign", help="sign a patch file with an OpenSSH key (writes PATCHFILE.sig)", epilog=EPILOG,
                         formatter_class=fmt)
@@ -337,6 +341,15 @@ def run(args) -> int:
                         f"  sources:   {', '.join(m.sources)}"] + _origin_lines(m)
                        + ([f"  in process {args.resolve}:"] + [printable(line) for line in describe(bindings)]
                           if bindings else [])))
+    elif args.command == "status":
+        from hotpatch.ops.fleet import status
+        report = status()
+        lines = [printable(f"{c['pid']:>7}  patch {c['id']:<3} {c['patch']}  {c['module']}  "
+                           f"functions: {names(c['functions'])}"
+                           + ("" if c["authentic"] else "  (record not authentic here)")) for c in report["carried"]]
+        lines += [printable(f"{m['pid']:>7}  without {m['patch']}: maps {m['binary']}, {m['why']}")
+                  for m in report["missing"]]
+        emit(args, report, "\n".join(lines) or "no process carries a patch")
     elif args.command == "sign":
         from hotpatch.ops.trust import sign
         sig = sign(args.patch, args.key)

@@ -143,3 +143,41 @@ def _result(pid: int, data: bytes, status: int) -> dict:
 def _stop_ms(report: dict) -> float | None:
     t = report.get("timings_ms", {})
     return round(t["resumed"] - t["stopping"], 3) if "resumed" in t and "stopping" in t else None
+
+
+def status() -> dict:
+    """Host-wide: which processes carry which patches, and which map a patched binary without the patch."""
+    from hotpatch.live import hostkey, records
+    from hotpatch.process.maps import read_maps
+    from hotpatch.process.memory import Memory
+    key = hostkey.load()
+    carried, by_build = [], {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            maps = read_maps(pid)
+            if not any(m.anonymous and m.perms.startswith("r-") and m.offset == 0 for m in maps):
+                continue
+            mem = Memory(pid, writable=False)
+        except HotpatchError:
+            continue
+        try:
+            for r in records.find_records(maps, mem, pid, key):
+                if r.retired:
+                    continue
+                carried.append({"pid": pid, "id": r.id, "patch": r.patch, "module": r.module,
+                                "build_id": r.build_id, "authentic": r.authentic,
+                                "functions": [f.name for f in r.functions]})
+                by_build.setdefault((r.build_id, r.patch_sha256), (r.patch, set()))[1].add(pid)
+        except HotpatchError:
+            continue
+        finally:
+            mem.close()
+    missing = []
+    for (build_id, _sha), (patch, pids) in by_build.items():
+        for pid, path in processes_mapping(build_id, {os.getpid()} | pids):
+            missing.append({"pid": pid, "patch": patch, "binary": path,
+                            "why": "not applied to it (started after, or refused)"})
+    return {"status": "ok", "carried": carried, "missing": missing}

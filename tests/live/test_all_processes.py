@@ -44,3 +44,16 @@ def test_some_not_patched_exit_10(build, spawn, tmp_path):
     assert changed.status("TracerPid") == "0"
     r = hotpatch("apply", "--all-processes", str(tmp_path / "missing.hp"))
     assert r.returncode == 6 and "missing.hp" in r.stderr
+
+
+def test_status_host_wide(build, spawn):
+    """status: the processes that carry a patch, and those that map its binary without it."""
+    carrier, bare = spawn(build(TARGET)), spawn(build(TARGET))
+    assert hotpatch(str(carrier.pid), build(FIX)).returncode == 0
+    r = hotpatch("status", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [(c["pid"], c["id"]) for c in report["carried"] if c["pid"] in (carrier.pid, bare.pid)] == \
+        [(carrier.pid, 1)]
+    assert [m["pid"] for m in report["missing"] if m["pid"] in (carrier.pid, bare.pid)] == [bare.pid]
+    assert bare.status("TracerPid") == "0" and carrier.status("TracerPid") == "0"   # read only
