@@ -94,10 +94,15 @@ def make_parser() -> argparse.ArgumentParser:
     ls.add_argument("pid", type=int)
     ls.add_argument("--json", action="store_true")
 
-    r = sub.add_parser("revert", help="undo the newest patch (or one, or all)", epilog=EPILOG,
-                       formatter_class=fmt)
-    r.add_argument("pid", type=int)
-    r.add_argument("patch_id", type=int, nargs="?", help="the patch to revert (default: the newest)")
+    r = sub.add_parser("revert", help="undo the newest patch (or one, or all; or one patch everywhere)",
+                       epilog=EPILOG, formatter_class=fmt,
+                       usage="hotpatch revert (PID [PATCH_ID] | --all-processes PATCHFILE|PATCH_NAME) [options]")
+    r.add_argument("operands", nargs="+", metavar="PID [PATCH_ID]",
+                   help="the process, and the patch to revert (default: the newest)")
+    r.add_argument("--all-processes", action="store_true",
+                   help="revert PATCHFILE (or the patch applied under PATCH_NAME) in every process carrying it")
+    r.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                   help="with --all-processes: processes reverted at once")
     r.add_argument("--all", action="store_true", help="revert every patch, newest first")
     r.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the patches' code (default 10)")
@@ -166,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         make_parser().print_help()
         return EXIT_USAGE
-    if args.command == "apply":
+    if args.command in ("apply", "revert"):
         try:
-            _apply_operands(args)
+            (_apply_operands if args.command == "apply" else _revert_operands)(args)
         except HotpatchError as e:
             return fail(e.exit_code, e.kind, e.line(), want_json, e.details)
     if args.command not in MUTATING:
@@ -192,6 +197,19 @@ def _apply_operands(args) -> None:
     if len(args.operands) != 2 or not args.operands[0].lstrip("-").isdigit():
         raise UsageError("apply takes PID PATCHFILE (or --all-processes PATCHFILE)")
     args.pid, args.patch = int(args.operands[0]), args.operands[1]
+
+
+def _revert_operands(args) -> None:
+    """PID [PATCH_ID], or --all-processes PATCHFILE|PATCH_NAME."""
+    if args.all_processes:
+        if len(args.operands) != 1 or args.all:
+            raise UsageError("revert --all-processes takes one patch file or patch name")
+        args.pid, args.patch_id, args.patch = None, None, args.operands[0]
+        return
+    ops = args.operands
+    if not 1 <= len(ops) <= 2 or not all(o.lstrip("-").isdigit() for o in ops):
+        raise UsageError("revert takes PID [PATCH_ID] (or --all-processes PATCHFILE)")
+    args.pid, args.patch_id = int(ops[0]), int(ops[1]) if len(ops) > 1 else None
 
 
 def guarded(args, want_json: bool) -> int:
@@ -258,6 +276,14 @@ def run(args) -> int:
         warn_repaired(report)
         for w in report.get("warnings", []):
             sys.stderr.write(f"hotpatch: warning: {w}\n")
+    elif args.command == "revert" and args.all_processes:
+        from hotpatch.ops.fleet import revert_everywhere
+        report = revert_everywhere(args.patch, args.jobs, args.timeout)
+        lines = [printable(f"{p['pid']:>7}  {p['outcome']:<10}" + (f"  {p['message']}" if p["message"] else ""))
+                 for p in report["processes"]]
+        totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process carries it"
+        emit(args, report, "\n".join(lines + [f"{report['patch']}: {totals} ({report['seconds']} s)"]))
+        return 0 if report["status"] == "done" else EXIT_PARTIAL
     elif args.command == "revert":
         from hotpatch.ops.revert import revert
         if args.all and args.patch_id is not None:

@@ -67,7 +67,8 @@ def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | No
     meta = patchfile.decode(data, patch_path).meta
     started = time.monotonic()
     targets = processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()})
-    results = _run_workers([pid for pid, _ in targets], patch_path, jobs, timeout, trust)
+    results = _run_workers([pid for pid, _ in targets], jobs,
+                           lambda pid: apply(pid, patch_path, timeout=timeout, trust=trust), "patched")
     for pid, path in targets:
         results[pid]["binary"] = path
     summary: dict[str, int] = {}
@@ -79,7 +80,8 @@ def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | No
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def _run_workers(pids: list[int], patch_path: str, jobs: int, timeout: float, trust: str | None) -> dict:
+def _run_workers(pids: list[int], jobs: int, work, done: str) -> dict:
+    """work(pid) for each pid in a forked worker, `jobs` at once; a result per pid ("done" outcome on success)."""
     results: dict[int, dict] = {}
     pending, running = list(pids), {}   # read end -> (pid, worker, chunks)
     while pending or running:
@@ -89,7 +91,7 @@ def _run_workers(pids: list[int], patch_path: str, jobs: int, timeout: float, tr
             worker = os.fork()
             if worker == 0:
                 os.close(r)
-                _worker(pid, w, lambda pid=pid: apply(pid, patch_path, timeout=timeout, trust=trust))
+                _worker(pid, w, lambda pid=pid: work(pid), done)
             os.close(w)
             running[r] = (pid, worker, [])
         ready, _, _ = select.select(list(running), [], [], 1.0)
@@ -105,15 +107,15 @@ def _run_workers(pids: list[int], patch_path: str, jobs: int, timeout: float, tr
     return results
 
 
-def _worker(pid: int, w: int, work) -> None:
-    """A forked child: apply to one process, its result as one JSON line on `w`."""
+def _worker(pid: int, w: int, work, done: str) -> None:
+    """A forked child: the work on one process, its result as one JSON line on `w`."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent relays requests as SIGTERM
         try:
             report = work()
-            result = {"pid": pid, "outcome": "patched", "id": report.get("id"),
-                      "stop_ms": _stop_ms(report), "message": ""}
+            result = {"pid": pid, "outcome": done, "id": report.get("id"), "stop_ms": _stop_ms(report),
+                      "message": "; ".join(report.get("warnings", []))}
         except ProcessBusy as e:
             result = {"pid": pid, "outcome": "busy", "message": e.line()}
         except PatchMismatch as e:
@@ -145,6 +147,27 @@ def _stop_ms(report: dict) -> float | None:
     return round(t["resumed"] - t["stopping"], 3) if "resumed" in t and "stopping" in t else None
 
 
+def revert_everywhere(patch: str, jobs: int, timeout: float) -> dict:
+    """Revert a patch (a patch file, or the name it was applied under) in every process that carries it."""
+    from hotpatch.ops.revert import revert
+    sha = None
+    if os.path.isfile(patch):
+        import hashlib
+        sha = hashlib.sha256(patchfile.read_bytes(patch)).hexdigest()
+    name = os.path.basename(patch)
+    carriers = {c["pid"]: c["id"] for c in status()["carried"]
+                if (sha is not None and c["sha256"] == sha) or c["patch"] == name}
+    started = time.monotonic()
+    results = _run_workers(sorted(carriers), jobs,
+                           lambda pid: revert(pid, carriers[pid], timeout=timeout), "reverted")
+    summary: dict[str, int] = {}
+    for r in results.values():
+        summary[r["outcome"]] = summary.get(r["outcome"], 0) + 1
+    return {"status": "done" if all(r["outcome"] == "reverted" for r in results.values()) else "some failed",
+            "patch": name, "processes": [results[p] for p in sorted(carriers)], "summary": summary,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
 def status() -> dict:
     """Host-wide: which processes carry which patches, and which map a patched binary without the patch."""
     from hotpatch.live import hostkey, records
@@ -167,7 +190,7 @@ def status() -> dict:
             for r in records.find_records(maps, mem, pid, key):
                 if r.retired:
                     continue
-                carried.append({"pid": pid, "id": r.id, "patch": r.patch, "module": r.module,
+                carried.append({"pid": pid, "id": r.id, "patch": r.patch, "sha256": r.patch_sha256, "module": r.module,
                                 "build_id": r.build_id, "authentic": r.authentic,
                                 "functions": [f.name for f in r.functions]})
                 by_build.setdefault((r.build_id, r.patch_sha256), (r.patch, set()))[1].add(pid)

@@ -57,3 +57,15 @@ def test_status_host_wide(build, spawn):
         [(carrier.pid, 1)]
     assert [m["pid"] for m in report["missing"] if m["pid"] in (carrier.pid, bare.pid)] == [bare.pid]
     assert bare.status("TracerPid") == "0" and carrier.status("TracerPid") == "0"   # read only
+
+
+def test_revert_everywhere(build, spawn):
+    ts = [spawn(build(TARGET)) for _ in range(3)]
+    assert hotpatch("apply", "--all-processes", build(FIX)).returncode == 0
+    assert all(t.ask("compute 5") == "51" for t in ts)
+    r = hotpatch("revert", "--all-processes", build(FIX), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p["pid"] for p in json.loads(r.stdout)["processes"]) == sorted(t.pid for t in ts)
+    assert all(t.ask("compute 5") == "11" for t in ts)
+    r = hotpatch("revert", "--all-processes", build(FIX))
+    assert r.returncode == 0 and "no process carries it" in r.stdout
