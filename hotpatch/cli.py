@@ -25,7 +25,8 @@ from hotpatch.errors import (
 )
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "sign", "status", "demo")
+COMMANDS = ("apply", "build", "list", "revert", "gc", "info", "sign", "status", "install", "uninstall", "daemon",
+            "demo")
 
 
 MAX_TIMEOUT = 24 * 3600.0
@@ -118,6 +119,27 @@ def make_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="host-wide: which processes carry which patches, and which map a "
                         "patched binary without its patch", epilog=EPILOG, formatter_class=fmt)
     st.add_argument("--json", action="store_true")
+
+    ins = sub.add_parser("install", help="install a signed patch for the daemon (PATCHFILE.sig beside it)",
+                         epilog=EPILOG, formatter_class=fmt)
+    ins.add_argument("patch")
+    ins.add_argument("--patch-dir", default="/var/lib/hotpatch/patches", metavar="DIR")
+    ins.add_argument("--trust", metavar="ALLOWED_SIGNERS")
+    ins.add_argument("--json", action="store_true")
+    un = sub.add_parser("uninstall", help="revert an installed patch everywhere and stop applying it",
+                        epilog=EPILOG, formatter_class=fmt)
+    un.add_argument("patch", metavar="PATCH_NAME")
+    un.add_argument("--patch-dir", default="/var/lib/hotpatch/patches", metavar="DIR")
+    un.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1))
+    un.add_argument("--timeout", type=timeout_seconds, default=10.0)
+    un.add_argument("--json", action="store_true")
+    dm = sub.add_parser("daemon", help="keep every process patched with the installed patches, new ones too",
+                        epilog=EPILOG, formatter_class=fmt)
+    dm.add_argument("--patch-dir", default="/var/lib/hotpatch/patches", metavar="DIR")
+    dm.add_argument("--trust", metavar="ALLOWED_SIGNERS", help="default /etc/hotpatch/allowed_signers; required")
+    dm.add_argument("--interval", type=timeout_seconds, default=5.0, help="seconds between polls of /proc")
+    dm.add_argument("--timeout", type=timeout_seconds, default=10.0)
+    dm.add_argument("--once", action="store_true", help="one pass, then exit")
 
     sg = sub.add_parser("sign", help="sign a patch file with an OpenSSH key (writes PATCHFILE.sig)", epilog=EPILOG,
                         formatter_class=fmt)
@@ -376,6 +398,21 @@ def run(args) -> int:
         lines += [printable(f"{m['pid']:>7}  without {m['patch']}: maps {m['binary']}, {m['why']}")
                   for m in report["missing"]]
         emit(args, report, "\n".join(lines) or "no process carries a patch")
+    elif args.command == "install":
+        from hotpatch.ops.daemon import install
+        report = install(args.patch, args.patch_dir, args.trust)
+        emit(args, report, f"installed {report['patch']} in {args.patch_dir} (signed by {report['signed_by']})")
+    elif args.command == "uninstall":
+        from hotpatch.ops.daemon import uninstall
+        report = uninstall(args.patch, args.patch_dir, args.jobs, args.timeout)
+        totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process carried it"
+        emit(args, report, f"uninstalled {report['patch']}: {totals}")
+        return 0 if report["status"] == "uninstalled" else EXIT_PARTIAL
+    elif args.command == "daemon":
+        from hotpatch.ops.daemon import run as run_daemon
+        from hotpatch.steps import install_termination_handlers
+        install_termination_handlers()
+        return run_daemon(args.patch_dir, args.trust, args.interval, args.timeout, args.once)
     elif args.command == "sign":
         from hotpatch.ops.trust import sign
         sig = sign(args.patch, args.key)

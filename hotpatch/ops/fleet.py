@@ -147,13 +147,14 @@ def _stop_ms(report: dict) -> float | None:
     return round(t["resumed"] - t["stopping"], 3) if "resumed" in t and "stopping" in t else None
 
 
-def revert_everywhere(patch: str, jobs: int, timeout: float) -> dict:
-    """Revert a patch (a patch file, or the name it was applied under) in every process that carries it."""
+def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None = None) -> dict:
+    """Revert a patch (a patch file, its bytes, or the name it was applied under) in every process carrying it."""
+    import hashlib
+
     from hotpatch.ops.revert import revert
-    sha = None
-    if os.path.isfile(patch):
-        import hashlib
-        sha = hashlib.sha256(patchfile.read_bytes(patch)).hexdigest()
+    if data is None and os.path.isfile(patch):
+        data = patchfile.read_bytes(patch)
+    sha = hashlib.sha256(data).hexdigest() if data is not None else None
     name = os.path.basename(patch)
     carriers = {c["pid"]: c["id"] for c in status()["carried"]
                 if (sha is not None and c["sha256"] == sha) or c["patch"] == name}

@@ -1,0 +1,73 @@
+"""`hotpatch daemon` keeps every process patched with the installed (signed) patches: those running when
+it starts, and each one started later (a process-events notification, or the next poll). `install`
+refuses an unsigned patch; `uninstall` reverts it everywhere. The daemon stops on SIGTERM."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import ROOT, TIME_SCALE, Patch, Program, host_only, hotpatch
+
+pytestmark = host_only("ssh-keygen signs on this host; the daemon runs here")
+
+TARGET = Program("target.c", "-fPIE", "-pie")
+FIX = Patch("patch_target.c", TARGET)
+
+
+@pytest.fixture
+def signed(build, tmp_path):
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    key = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, blob = open(f"{key}.pub").read().split()[:2]
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    trust = etc / "allowed_signers"
+    trust.write_text(f'admin namespaces="hotpatch" {kind} {blob}\n')
+    patch = tmp_path / "fix.hp"
+    shutil.copy(build(FIX), patch)
+    assert hotpatch("sign", str(patch), "--key", str(key)).returncode == 0
+    return str(patch), str(trust)
+
+
+def until(check, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds * TIME_SCALE
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_daemon_patches_old_and_new_processes(build, spawn, tmp_path, signed):
+    patch, trust = signed
+    patch_dir = str(tmp_path / "patches")
+    unsigned = str(tmp_path / "unsigned.hp")
+    shutil.copy(build(FIX), unsigned)
+    r = hotpatch("install", unsigned, "--patch-dir", patch_dir, "--trust", trust)
+    assert r.returncode == 9 and "is not signed" in r.stderr, r.stderr
+    r = hotpatch("install", patch, "--patch-dir", patch_dir, "--trust", trust)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(patch_dir)) == ["fix.hp", "fix.hp.sig"]
+
+    before = spawn(build(TARGET))
+    daemon = subprocess.Popen([sys.executable, "-m", "hotpatch", "daemon", "--patch-dir", patch_dir, "--trust", trust,
+                               "--interval", "0.5"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        until(lambda: before.ask("compute 5") == "51", "the process running before was not patched")
+        after = spawn(build(TARGET))
+        until(lambda: after.ask("compute 5") == "51", "a process started later was not patched")
+        r = hotpatch("list", str(after.pid), "--json")
+        assert r.stdout.count('"patch": "fix.hp"') == 1          # once, however many passes
+        r = hotpatch("uninstall", "fix.hp", "--patch-dir", patch_dir)
+        assert r.returncode == 0, r.stderr
+        assert before.ask("compute 5") == "11" and after.ask("compute 5") == "11"
+        assert os.listdir(patch_dir) == []
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert f"patched process {before.pid}" in err and f"patched process {after.pid}" in err, err
