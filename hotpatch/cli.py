@@ -118,6 +118,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="host-wide: which processes carry which patches, and which map a "
                         "patched binary without its patch", epilog=EPILOG, formatter_class=fmt)
+    st.add_argument("--patch", metavar="PATCHFILE", help="only this patch: who carries it, who maps its binary "
+                    "without it")
     st.add_argument("--json", action="store_true")
 
     ins = sub.add_parser("install", help="install a signed patch for the daemon (PATCHFILE.sig beside it)",
@@ -391,7 +393,7 @@ def run(args) -> int:
                           if bindings else [])))
     elif args.command == "status":
         from hotpatch.ops.fleet import status
-        report = status()
+        report = status(args.patch)
         lines = [printable(f"{c['pid']:>7}  patch {c['id']:<3} {c['patch']}  {c['module']}  "
                            f"functions: {names(c['functions'])}"
                            + ("" if c["authentic"] else "  (record not authentic here)")) for c in report["carried"]]

@@ -169,8 +169,20 @@ def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None 
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def status() -> dict:
-    """Host-wide: which processes carry which patches, and which map a patched binary without the patch."""
+def status(patch: str | None = None) -> dict:
+    """Host-wide: which processes carry which patches, and which map a patched binary without the patch;
+    with `patch` (a patch file), only that patch, and every process mapping its binary without it."""
+    if patch is not None:
+        import hashlib
+        data = patchfile.read_bytes(patch)
+        meta = patchfile.decode(data, patch).meta
+        sha = hashlib.sha256(data).hexdigest()
+        full = status()
+        carried = [c for c in full["carried"] if c["sha256"] == sha]
+        pids = {c["pid"] for c in carried}
+        missing = [{"pid": pid, "patch": os.path.basename(patch), "binary": path, "why": "not applied to it"}
+                   for pid, path in processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()} | pids)]
+        return {"status": "ok", "carried": carried, "missing": missing}
     from hotpatch.live import hostkey, records
     from hotpatch.process.maps import read_maps
     from hotpatch.process.memory import Memory
