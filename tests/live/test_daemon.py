@@ -71,3 +71,39 @@ def test_daemon_patches_old_and_new_processes(build, spawn, tmp_path, signed):
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
     assert f"patched process {before.pid}" in err and f"patched process {after.pid}" in err, err
+
+
+LIBRARY = Program("plugin.c", "-shared", "-fPIC")
+HOST = Program("plugin_cycle.c", "-ldl")
+PLUGIN_FIX = Patch("patch_plugin.c", LIBRARY)
+
+
+def sign_copy(build, tmp_path, spec, name: str) -> str:
+    key = tmp_path / "admin"
+    patch = tmp_path / name
+    shutil.copy(build(spec), patch)
+    assert hotpatch("sign", str(patch), "--key", str(key)).returncode == 0
+    return str(patch)
+
+
+def test_library_dlopened_later_and_a_restart(build, spawn, tmp_path, signed):
+    """A library a process loads after the daemon started is patched by the next poll; the daemon killed
+    with SIGKILL and started again applies nothing twice."""
+    _patch, trust = signed
+    patch = sign_copy(build, tmp_path, PLUGIN_FIX, "plugin.hp")
+    patch_dir = str(tmp_path / "patches")
+    assert hotpatch("install", patch, "--patch-dir", patch_dir, "--trust", trust).returncode == 0
+    t = spawn([build(HOST), build(LIBRARY)])
+    cmd = [sys.executable, "-m", "hotpatch", "daemon", "--patch-dir", patch_dir, "--trust", trust, "--interval", "0.3"]
+    daemon = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert t.ask("load") == "loaded"
+        until(lambda: t.ask("score 3") == "1006", "the library loaded later was not patched")
+    finally:
+        daemon.kill()
+        daemon.communicate(timeout=30)
+    r = subprocess.run(cmd + ["--once"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    listed = hotpatch("list", str(t.pid), "--json")
+    assert listed.stdout.count('"patch": "plugin.hp"') == 1, listed.stdout   # not applied twice
+    assert t.ask("score 3") == "1006" and t.status("TracerPid") == "0"
