@@ -21,12 +21,14 @@ LINK_MAP = struct.Struct("<QQQQQ")   # l_addr, l_name, l_ld, l_next, l_prev
 R_DEBUG = struct.Struct("<i4xQ")     # r_version, r_map
 
 
-def link_map(read, dynamic_address: int) -> list[tuple[int, int]] | None:
+def link_map(read, dynamic_address: int, r_debug_symbol=None) -> list[tuple[int, int]] | None:
     """(l_addr, l_ld) of each object in the loader's order, from the executable's dynamic section at
-    `dynamic_address`; None when there is no list (a static binary, a loader that keeps none) or it
+    `dynamic_address` (DT_DEBUG), else from the loader's own `_r_debug` at `r_debug_symbol` (AArch64 keeps
+    .dynamic read-only, so DT_DEBUG stays 0 there); None when there is no list (a static binary) or it
     cannot be read whole. `read(address, size)` reads the process's memory."""
     try:
-        r_debug = _dt_debug(read, dynamic_address)
+        r_debug = _dt_debug(read, dynamic_address) or (r_debug_symbol() if callable(r_debug_symbol)
+                                                        else r_debug_symbol)
         if not r_debug:
             return None
         version, entry = R_DEBUG.unpack(read(r_debug, R_DEBUG.size))

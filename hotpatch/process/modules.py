@@ -62,11 +62,11 @@ def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> LoadedModules:
         modules.append(Module(path, min(m.start for m in ms), max(m.end for m in ms),
                               first.start, image, bias, first))
     modules.sort(key=lambda mod: (mod.path != exe, mod.start))
-    ordered = _loader_order(modules, mem)
+    ordered = _loader_order(pid, modules, mem)
     return LoadedModules(ordered or modules, unreadable, ordered is not None)
 
 
-def _loader_order(modules: list[Module], mem: Memory) -> list[Module] | None:
+def _loader_order(pid: int, modules: list[Module], mem: Memory) -> list[Module] | None:
     """The modules in the loader's link map order (the executable first), those it does not list after
     them by address; None without a readable link map."""
     if not modules:
@@ -75,7 +75,7 @@ def _loader_order(modules: list[Module], mem: Memory) -> list[Module] | None:
     dynamic = next((p for p in exe.image.phdrs if p.p_type == PT_DYNAMIC), None)
     if dynamic is None:
         return None
-    entries = link_map(mem.read, exe.bias + dynamic.p_vaddr)
+    entries = link_map(mem.read, exe.bias + dynamic.p_vaddr, lambda: _r_debug(pid, modules))
     if not entries:
         return None
     ordered: list[Module] = []
@@ -86,6 +86,19 @@ def _loader_order(modules: list[Module], mem: Memory) -> list[Module] | None:
     if not ordered or ordered[0] is not exe:
         return None
     return ordered + [m for m in modules if m not in ordered]
+
+
+def _r_debug(pid: int, modules: list[Module]) -> int | None:
+    """The address of the loader's `_r_debug` (exported by ld.so), when DT_DEBUG was not filled."""
+    for m in modules[1:]:
+        if "ld-linux" not in os.path.basename(m.path) and "/ld-" not in m.path:
+            continue
+        try:
+            found = DynamicSymbols.from_path(module_file(pid, m)).lookup("_r_debug")
+        except ELFFormatError:
+            return None
+        return m.bias + found[0] if found else None
+    return None
 
 
 def module_file(pid: int, module: Module) -> str:
