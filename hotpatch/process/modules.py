@@ -79,8 +79,8 @@ def _loader_order(pid: int, modules: list[Module], mem: Memory) -> list[Module] 
     if not entries:
         return None
     ordered: list[Module] = []
-    for _l_addr, l_ld in entries:
-        m = next((m for m in modules if m.start <= l_ld < m.end), None)
+    for l_addr, l_ld in entries:   # by load bias first: an object's span can hold another (the vDSO)
+        m = next((m for m in modules if m.bias == l_addr and m.start <= l_ld < m.end), None)
         if m is not None and m not in ordered:
             ordered.append(m)
     if not ordered or ordered[0] is not exe:
@@ -266,8 +266,11 @@ def _global_first(pid: int, modules: list[Module]) -> tuple[list[Module], dict[s
         return out
 
     exe_needs = closure([modules[0]])
+    interpreter = [m for m in modules if "ld-linux" in os.path.basename(m.path)]
     preloaded = []
     for m in modules[1:]:
+        if m in interpreter:
+            continue   # the loader itself: its place in the list says nothing of preloading
         if m in exe_needs:
             break
         preloaded.append(m)
