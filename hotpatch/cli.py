@@ -64,6 +64,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="every process that maps the patch's binary (by build-id, containers included)")
     a.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
                    help="with --all-processes: processes patched at once (default: CPUs, at most 8)")
+    a.add_argument("--name", metavar="COMM", help="with --all-processes: only processes of that name (as ps shows)")
     a.add_argument("--timeout", type=timeout_seconds, default=10.0,
                    help="seconds to wait for threads to leave the functions to replace (default 10)")
     a.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
@@ -220,6 +221,8 @@ def _apply_operands(args) -> None:
         return
     if len(args.operands) != 2 or not args.operands[0].lstrip("-").isdigit():
         raise UsageError("apply takes PID PATCHFILE (or --all-processes PATCHFILE)")
+    if args.name:
+        raise UsageError("--name selects among --all-processes")
     args.pid, args.patch = int(args.operands[0]), args.operands[1]
 
 
@@ -287,7 +290,7 @@ def quiet_stdout() -> None:
 def run(args) -> int:
     if args.command == "apply" and args.all_processes:
         from hotpatch.ops.fleet import apply_everywhere
-        report = apply_everywhere(args.patch, args.jobs, args.timeout, args.trust)
+        report = apply_everywhere(args.patch, args.jobs, args.timeout, args.trust, args.name)
         lines = [printable(f"{p['pid']:>7}  {p['outcome']:<16} {p.get('binary', '')}"
                            + (f"  {p['message']}" if p["message"] else "")) for p in report["processes"]]
         totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process maps it"

@@ -60,13 +60,23 @@ def _build_id(pid: int, span: str) -> str | None:
         return None
 
 
-def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | None) -> dict:
-    """Apply to every process mapping the patch's binary; a result per process."""
+def process_name(pid: int) -> str:
+    """The process's command name (comm), as ps and pgrep show it."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | None, name: str | None = None) -> dict:
+    """Apply to every process mapping the patch's binary (only those named `name`, if given); a result each."""
     data = patchfile.read_bytes(patch_path)
     signer = verify(patch_path, data, trust)
     meta = patchfile.decode(data, patch_path).meta
     started = time.monotonic()
-    targets = processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()})
+    targets = [(pid, path) for pid, path in processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()})
+               if name is None or process_name(pid) == name]
     results = _run_workers([pid for pid, _ in targets], jobs,
                            lambda pid: apply(pid, patch_path, timeout=timeout, trust=trust), "patched")
     for pid, path in targets:

@@ -3,6 +3,7 @@ transaction, concurrently; one that is busy or already patched does not stop the
 another binary is left alone. Exit 0 when all are patched, 10 when some are not, with the reason each."""
 
 import json
+import shutil
 
 import pytest
 from harness import Patch, Program, hotpatch
@@ -69,3 +70,15 @@ def test_revert_everywhere(build, spawn):
     assert all(t.ask("compute 5") == "11" for t in ts)
     r = hotpatch("revert", "--all-processes", build(FIX))
     assert r.returncode == 0 and "no process carries it" in r.stdout
+
+
+def test_selected_by_name(build, spawn, tmp_path):
+    """--name: only the processes of that name among those mapping the binary (a copy of the program under
+    another name maps the same binary)."""
+    renamed = str(tmp_path / "billing")
+    shutil.copy(build(TARGET), renamed)
+    plain, billing = spawn(build(TARGET)), spawn(renamed)
+    r = hotpatch("apply", "--all-processes", build(FIX), "--name", "billing", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [p["pid"] for p in json.loads(r.stdout)["processes"]] == [billing.pid]
+    assert billing.ask("compute 5") == "51" and plain.ask("compute 5") == "11"

@@ -22,6 +22,9 @@ options:
   pid:
     description: Only this process (default every process mapping the patch's binary).
     type: int
+  name:
+    description: Only the processes of this name (as ps shows it) among those mapping the patch's binary.
+    type: str
   timeout:
     description: Seconds to wait for threads to leave the functions, per process.
     default: 10
@@ -66,19 +69,30 @@ def run(module, args):
     return rc, report, err
 
 
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(patch=dict(type="path", required=True),
                            state=dict(type="str", default="present", choices=["present", "absent"]),
-                           pid=dict(type="int"), timeout=dict(type="float", default=10.0),
+                           pid=dict(type="int"), name=dict(type="str"), timeout=dict(type="float", default=10.0),
                            trust=dict(type="path"), executable=dict(type="str", default="hotpatch")),
         supports_check_mode=True)
     p = module.params
     rc, status, err = run(module, ["status", "--patch", p["patch"]])
     if rc != 0:
         module.fail_json(msg=status.get("message") or err.strip() or "hotpatch status failed", rc=rc)
-    carried = [c for c in status["carried"] if p["pid"] is None or c["pid"] == p["pid"]]
-    missing = [m for m in status["missing"] if p["pid"] is None or m["pid"] == p["pid"]]
+    def chosen(pid):
+        return (p["pid"] is None or pid == p["pid"]) and (p["name"] is None or comm(pid) == p["name"])
+
+    carried = [c for c in status["carried"] if chosen(c["pid"])]
+    missing = [m for m in status["missing"] if chosen(m["pid"])]
     if p["state"] == "present":
         todo = [m["pid"] for m in missing]
         if not todo:
@@ -92,7 +106,8 @@ def main():
             processes = [{"pid": p["pid"], "outcome": "patched" if rc == 0 else "failed",
                           "message": report.get("message", "")}]
         else:
-            rc, report, err = run(module, ["apply", "--all-processes", p["patch"]] + timeout + trust)
+            name = ["--name", p["name"]] if p["name"] else []
+            rc, report, err = run(module, ["apply", "--all-processes", p["patch"]] + name + timeout + trust)
             processes = report.get("processes", [])
     else:
         if not carried:
