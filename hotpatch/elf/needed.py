@@ -15,33 +15,28 @@ from hotpatch.errors import ELFFormatError
 COMMON_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
 
 
-def _dynamic(path: str) -> tuple[list[str], list[str]]:
-    needed, runpath = [], []
+def _dynamic(path: str) -> tuple[str | None, list[str], list[str]]:
+    """DT_SONAME (None without one), DT_NEEDED names and the run path ($ORIGIN expanded) of an ELF file."""
+    soname, needed, runpath = None, [], []
     with open(path, "rb") as f:
         for sec in ELFFile(f).iter_sections():
             if isinstance(sec, DynamicSection):
                 for tag in sec.iter_tags():
                     if tag.entry.d_tag == "DT_NEEDED":
                         needed.append(getattr(tag, "needed"))
+                    elif tag.entry.d_tag == "DT_SONAME":
+                        soname = getattr(tag, "soname")
                     elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
                         origin = os.path.dirname(os.path.abspath(path))
                         runpath += [p.replace("$ORIGIN", origin) for p in
                                     getattr(tag, "runpath", getattr(tag, "rpath", "")).split(":") if p]
-    return needed, runpath
+    return soname, needed, runpath
 
 
 def soname_and_needed(path: str) -> tuple[str | None, list[str]]:
     """DT_SONAME (None without one) and DT_NEEDED names of an ELF file; ELFFormatError if unreadable."""
-    soname, needed = None, []
     try:
-        with open(path, "rb") as f:
-            for sec in ELFFile(f).iter_sections():
-                if isinstance(sec, DynamicSection):
-                    for tag in sec.iter_tags():
-                        if tag.entry.d_tag == "DT_NEEDED":
-                            needed.append(getattr(tag, "needed"))
-                        elif tag.entry.d_tag == "DT_SONAME":
-                            soname = getattr(tag, "soname")
+        soname, needed, _runpath = _dynamic(path)
     except (ELFError, OSError, ValueError) as e:
         raise ELFFormatError(f"cannot read the dynamic section of {path}: {e}") from e
     return soname, needed
@@ -55,7 +50,7 @@ def needed_closure(binary: str, library_dirs: tuple[str, ...]) -> tuple[list[str
     """
     found, missing, seen = [], [], set()
     try:
-        queue, runpath = _dynamic(binary)
+        _soname, queue, runpath = _dynamic(binary)
     except (ELFError, OSError, ValueError) as e:
         raise ELFFormatError(f"cannot read the dynamic section of {binary}: {e}") from e
     dirs = [*runpath, *library_dirs, *COMMON_DIRS]
@@ -70,7 +65,7 @@ def needed_closure(binary: str, library_dirs: tuple[str, ...]) -> tuple[list[str
             continue
         found.append(path)
         try:
-            queue += _dynamic(path)[0]
+            queue += _dynamic(path)[1]
         except (ELFError, OSError, ValueError) as e:
             # Its own needs are unknown: the caller cannot vouch for a name then.
             missing.append(f"{name}'s dependencies ({e})")

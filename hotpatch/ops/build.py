@@ -325,9 +325,9 @@ def _warn_clobbers(binary: str, image: ElfImage, meta: patchfile.PatchMeta, obj:
                  "the new version from using them")
 
 
-def build(sources: list[str], binary: str, output: str, cflags: str = "",
-          picks: dict[str, str] | None = None, warn=None) -> patchfile.PatchMeta:
-    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+def load_target(binary: str) -> tuple[ElfImage, SymbolTable, Arch]:
+    """The binary a patch is built for: its ELF image, symbol table and architecture; refused without a
+    build-id (a patch is tied to one build)."""
     if not os.path.isfile(binary):
         raise UsageError(f"binary {binary} does not exist")
     try:
@@ -338,7 +338,13 @@ def build(sources: list[str], binary: str, output: str, cflags: str = "",
     if not image.build_id:
         raise InvalidPatch(f"{binary} has no build-id, so a patch cannot be tied to it",
                            "link the binary with -Wl,--build-id")
-    arch = arch_for_machine(image.ehdr.e_machine)
+    return image, table, arch_for_machine(image.ehdr.e_machine)
+
+
+def build(sources: list[str], binary: str, output: str, cflags: str = "",
+          picks: dict[str, str] | None = None, warn=None) -> patchfile.PatchMeta:
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    image, table, arch = load_target(binary)
     with tempfile.TemporaryDirectory(prefix="hotpatch-build-") as work:
         obj_bytes = compile_sources(sources, pick_compiler(arch), shlex.split(cflags), work)
     try:

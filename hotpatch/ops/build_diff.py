@@ -26,17 +26,15 @@ import tempfile
 from dataclasses import dataclass
 
 from hotpatch import patchfile
-from hotpatch.arch import arch_for_machine
 from hotpatch.diff.compare import Unit, compare, normal_name
 from hotpatch.diff.dwarf import Debug, read_debug
 from hotpatch.diff.extract import extract
 from hotpatch.diff.unified import touched_lines
-from hotpatch.elf.image import ElfImage
 from hotpatch.elf.relocatable import RelocatableObject, parse_relocatable
-from hotpatch.elf.symbols import SymbolTable, load_symbol_table
+from hotpatch.elf.symbols import SymbolTable
 from hotpatch.errors import ELFFormatError, InvalidPatch, PatchMismatch, UsageError
 from hotpatch.link.linker import plan_layout
-from hotpatch.ops.build import FILE_LOCAL, analyse, pick_compiler
+from hotpatch.ops.build import FILE_LOCAL, analyse, load_target, pick_compiler
 
 _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)?")
 # A section per function, and nothing else that changes the code: -g changes no generated code (gcc's
@@ -85,16 +83,7 @@ def build_diff(change: "DiffChange | TreeChange", source: str, binary: str, outp
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     if not os.path.isdir(source):
         raise UsageError(f"source directory {source} does not exist")
-    if not os.path.isfile(binary):
-        raise UsageError(f"binary {binary} does not exist")
-    try:
-        image = ElfImage.from_path(binary)
-        table = load_symbol_table(binary)
-    except (ELFFormatError, OSError) as e:
-        raise InvalidPatch(f"{binary} is not a readable ELF binary: {e}") from e
-    if not image.build_id:
-        raise InvalidPatch(f"{binary} has no build-id, so a patch cannot be tied to it")
-    arch = arch_for_machine(image.ehdr.e_machine)
+    image, table, arch = load_target(binary)
     flags = SECTION_FLAGS + shlex.split(cflags)
     if keep_tree:
         if os.path.exists(keep_tree):

@@ -152,7 +152,7 @@ class ProcessSymbols:
         for module, (value, is_ifunc) in hits[:1]:
             self.bound_in[name] = module.path
             if is_ifunc:
-                return self._bound_ifunc(name, module)
+                return self.bound_ifunc(name, module)
             return module.bias + value
         if self.unreadable:
             path, why = next(iter(self.unreadable.items()))
@@ -210,10 +210,7 @@ class ProcessSymbols:
         return value
 
     def bound_ifunc(self, name: str, defining: Module) -> int:
-        """The implementation of IFUNC `name` of `defining` this process calls (see _bound_ifunc)."""
-        return self._bound_ifunc(name, defining)
-
-    def _bound_ifunc(self, name: str, defining: Module) -> int:
+        """The implementation of IFUNC `name` of `defining` this process calls."""
         # An IFUNC symbol's value is its resolver, which must not be called in
         # the target; use the implementation the process already bound (or its
         # PLT entry, which binds lazily): the GOT slot of a module importing it.

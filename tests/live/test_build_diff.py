@@ -35,15 +35,21 @@ def make_diff(src: str, edits: dict[str, list[tuple[str, str]]]) -> str:
     return "".join(out)
 
 
+def copy_and_make(tmp_path, directory: str, *make: str):
+    """(the source under tmp_path/src, a built copy of it under tmp_path/built, `make` run there)."""
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "fixtures", directory), src)
+    built = tmp_path / "built"
+    shutil.copytree(src, built)
+    subprocess.run(["make", "-s", *make], cwd=built, check=True, capture_output=True)
+    return str(src), built
+
+
 @pytest.fixture
 def project(tmp_path):
     """The project's source, and the service built from it by its Makefile (the running binary)."""
-    src = tmp_path / "src"
-    shutil.copytree(PROJECT, src)
-    built = tmp_path / "built"
-    shutil.copytree(PROJECT, built)
-    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
-    return str(src), str(built / "service")
+    src, built = copy_and_make(tmp_path, "project")
+    return src, str(built / "service")
 
 
 def build(tmp_path, src: str, binary: str, edits) -> subprocess.CompletedProcess:
@@ -155,11 +161,7 @@ def test_binary_of_another_build_is_refused(tmp_path, project):
 
 def test_cpp_method_changed(tmp_path, spawn):
     """A C++ class method, whose new version throws an exception the unchanged caller catches."""
-    src = str(tmp_path / "src")
-    shutil.copytree(os.path.join(ROOT, "fixtures", "project_cpp"), src)
-    built = tmp_path / "built"
-    shutil.copytree(src, built)
-    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    src, built = copy_and_make(tmp_path, "project_cpp")
     binary = str(built / "service")
     r = build(tmp_path, src, binary, {"account.cc": [("balance_ + 100", "balance_"),
                                                      ('"refused: "', '"no overdraft: "')]})
@@ -236,11 +238,7 @@ def test_stripped_binary_with_a_debug_file(tmp_path, project, spawn):
 
 def test_shared_library_of_the_project(tmp_path, spawn):
     """BINARY is the project's shared library (libcalc.so): the fix lands in it, in the running service."""
-    src = str(tmp_path / "src")
-    shutil.copytree(os.path.join(ROOT, "fixtures", "project_lib"), src)
-    built = tmp_path / "built"
-    shutil.copytree(src, built)
-    subprocess.run(["make", "-s"], cwd=built, check=True, capture_output=True)
+    src, built = copy_and_make(tmp_path, "project_lib")
     r = build(tmp_path, src, str(built / "libcalc.so"), {"calc.c": [("cents * rate / 100", "cents * rate / 50")]})
     assert r.returncode == 0, r.stderr
     t = spawn(str(built / "service"))
