@@ -10,6 +10,7 @@ One line per event on stderr (journald takes it from there).
 """
 
 import os
+import select
 import shutil
 import socket
 import stat
@@ -152,7 +153,6 @@ def _started(pid: int) -> str:
 
 def _wait(sock: socket.socket | None, interval: float) -> None:
     """Until the next poll, or an exec (then a moment for the loader to map the program's libraries)."""
-    import select
     deadline = time.monotonic() + interval
     while requested() is None and time.monotonic() < deadline:
         ready, _, _ = select.select([sock] if sock else [], [], [], max(0.0, min(0.5, deadline - time.monotonic())))

@@ -8,6 +8,7 @@ Each process is patched by its own worker, a forked child, in its own transactio
 gone or refused never stops the others, and none is left half patched. `--jobs` bounds the workers.
 """
 
+import hashlib
 import json
 import os
 import select
@@ -17,8 +18,12 @@ import time
 from hotpatch import patchfile
 from hotpatch.elf.image import ElfImage
 from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy
+from hotpatch.live import hostkey, records
 from hotpatch.ops.apply import apply  # the workers' work, imported before they fork
+from hotpatch.ops.revert import revert
 from hotpatch.ops.trust import verify
+from hotpatch.process.maps import read_maps
+from hotpatch.process.memory import Memory
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -159,9 +164,6 @@ def _stop_ms(report: dict) -> float | None:
 
 def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None = None) -> dict:
     """Revert a patch (a patch file, its bytes, or the name it was applied under) in every process carrying it."""
-    import hashlib
-
-    from hotpatch.ops.revert import revert
     if data is None and os.path.isfile(patch):
         data = patchfile.read_bytes(patch)
     sha = hashlib.sha256(data).hexdigest() if data is not None else None
@@ -183,7 +185,6 @@ def status(patch: str | None = None) -> dict:
     """Host-wide: which processes carry which patches, and which map a patched binary without the patch;
     with `patch` (a patch file), only that patch, and every process mapping its binary without it."""
     if patch is not None:
-        import hashlib
         data = patchfile.read_bytes(patch)
         meta = patchfile.decode(data, patch).meta
         sha = hashlib.sha256(data).hexdigest()
@@ -193,9 +194,6 @@ def status(patch: str | None = None) -> dict:
         missing = [{"pid": pid, "patch": os.path.basename(patch), "binary": path, "why": "not applied to it"}
                    for pid, path in processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()} | pids)]
         return {"status": "ok", "carried": carried, "missing": missing}
-    from hotpatch.live import hostkey, records
-    from hotpatch.process.maps import read_maps
-    from hotpatch.process.memory import Memory
     key = hostkey.load()
     carried, by_build = [], {}
     for entry in os.listdir("/proc"):
