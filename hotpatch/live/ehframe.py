@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from hotpatch.elf import filecache
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.symbols import debug_dirs_from_env, find_debug_file, functions_named
 from hotpatch.errors import ELFFormatError, HotpatchError, ProcessBusy, RemoteCallError
@@ -80,7 +81,7 @@ def _malloc_ranges(proc: Process, module) -> list[GuardedRange]:
     only have local symbols, in .symtab or a debug file, read when there is one."""
     path = module_file(proc.pid, module)
     try:
-        exported = DynamicSymbols.from_path(path)
+        exported = filecache.parsed(path, DynamicSymbols.from_path)
     except ELFFormatError:
         # Without its symbols the whole library counts: a thread in it is never borrowed.
         return [GuardedRange(module.start, module.end, os.path.basename(module.path))]
@@ -106,12 +107,16 @@ def _local_functions(path: str, build_id: str | None) -> list[tuple[str, int, in
         if candidate is None:
             continue
         try:
-            found = functions_named(candidate, MALLOC_FUNCTIONS)
+            found = filecache.parsed(candidate, _allocator_functions)
         except ELFFormatError:
             continue
         if found is not None:
             return found
     return None
+
+
+def _allocator_functions(path: str) -> list[tuple[str, int, int]] | None:
+    return functions_named(path, MALLOC_FUNCTIONS)
 
 
 def _safe_thread(proc: Process, unwinder: Unwinder) -> int | None:

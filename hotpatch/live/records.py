@@ -14,7 +14,7 @@ JSON; the u64 is the image's size), so that no image is ever lost.
 
 import json
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from hotpatch.errors import HotpatchError
 from hotpatch.live import hostkey
@@ -182,10 +182,13 @@ def _well_formed(r: "PatchRecord") -> bool:
                     and len(f.saved) <= 2 * 64 and len(f.saved) == len(f.written) for f in r.functions))
 
 
+_HEADER_FLAGS = ("retired", "frames_registered", "committing", "reverting", "authentic")
+
+
 def _json_fields(record: "PatchRecord") -> dict:
-    raw = asdict(record)
-    for flag in ("retired", "frames_registered", "committing", "reverting", "authentic"):
-        raw.pop(flag)
+    # What asdict() gives, without its deep copies (it runs several times per apply)
+    raw = {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _HEADER_FLAGS}
+    raw["functions"] = [{f.name: getattr(fn, f.name) for f in fields(fn)} for fn in record.functions]
     return raw
 
 

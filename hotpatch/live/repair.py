@@ -80,10 +80,10 @@ def _fresh(maps: list[Mapping], base: int, size: int) -> bool:
     return all(m.perms == "r-xp" for m in maps if base <= m.start < base + size)
 
 
-def free_pending(proc: Process) -> list[str]:
-    """Unmap every image marked pending (mapped, never filled). What was done."""
+def free_pending(proc: Process, maps: list[Mapping] | None = None) -> list[str]:
+    """Unmap every image marked pending (mapped, never filled). What was done. `maps`: read just before."""
     done = []
-    for base, size in records.find_pending(proc.maps(), proc.mem):
+    for base, size in records.find_pending(maps if maps is not None else proc.maps(), proc.mem):
         try:
             proc.syscall("munmap", base, size)
         except HotpatchError as e:

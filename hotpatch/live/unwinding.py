@@ -12,6 +12,7 @@ livepatch rule): no CFI for a frame, a loop, a frame outside any mapping.
 
 from dataclasses import dataclass
 
+from hotpatch.elf import filecache
 from hotpatch.elf.cfi import CallFrameTable
 from hotpatch.errors import ELFFormatError
 from hotpatch.live.backtrace import Symbolizer
@@ -167,7 +168,7 @@ def code_map(proc: Process, maps: list[Mapping], modules: list[Module], applied:
 
 def _file_table(pid: int, module: Module) -> CallFrameTable | None:
     try:
-        return CallFrameTable.from_path(module_file(pid, module))
+        return filecache.parsed(module_file(pid, module), CallFrameTable.from_path)
     except ELFFormatError:
         return None
 

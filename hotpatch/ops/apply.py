@@ -12,35 +12,64 @@ import datetime
 import hashlib
 import os
 import time
+from dataclasses import dataclass, field
 
 from hotpatch import __version__, patchfile
 from hotpatch.arch import get_arch
 from hotpatch.errors import PatchMismatch, SymbolNotFound, UndoFailed
-from hotpatch.link.linker import plan_layout
+from hotpatch.link.linker import LayoutPlan, plan_layout
 from hotpatch.live import ehframe, hostkey, image, perfmap, records, sandbox, trampolines, transition
 from hotpatch.live.transaction import Transaction
 from hotpatch.live.unwinding import Stacks
-from hotpatch.ops.settle import settle
+from hotpatch.ops.settle import settle, view
 from hotpatch.ops.trust import verify
-from hotpatch.process.attach import Process, attach, check_pid
-from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols, loaded_modules
+from hotpatch.process.attach import Process, attach
+from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols
 from hotpatch.steps import Steps, check_interrupted
 
 
 def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = False, trust: str | None = None) -> dict:
-    steps = Steps("apply")
+    return apply_loaded(pid, load(patch_path, trust), timeout, dry_run)
+
+
+@dataclass(frozen=True)
+class LoadedPatch:
+    """A patch file read, its signature checked and its code parsed: the same bytes for every process
+    it is applied to (apply --all-processes and the daemon load it once)."""
+    path: str
+    patch: patchfile.PatchFile
+    signer: str | None
+    _layouts: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def layout(self, arch, module_path: str, page_size: int) -> tuple[int, LayoutPlan]:
+        """The record header's size and the image's layout: the same in every process of the binary
+        (addresses come later, at link), so computed once."""
+        key = (arch.name, module_path, page_size)
+        if key not in self._layouts:
+            header_size = records.header_size_for([fn.name for fn in self.patch.meta.replace],
+                                                  os.path.basename(self.path), module_path, page_size)
+            self._layouts[key] = header_size, plan_layout(self.patch.obj, arch, header_size, page_size)
+        return self._layouts[key]
+
+
+def load(patch_path: str, trust: str | None = None, required: bool = False) -> LoadedPatch:
+    """Read, verify (a signature `required`, else when the trust file exists) and parse a patch file."""
     data = patchfile.read_bytes(patch_path)
-    signer = verify(patch_path, data, trust)   # the bytes checked are the bytes applied
+    signer = verify(patch_path, data, trust, required)   # the bytes checked are the bytes applied
     patch = patchfile.decode(data, patch_path)
     patch.obj   # parse and check the code now: a bad patch never reaches the process
-    arch = get_arch(patch.meta.arch)
-    check_pid(pid)
+    return LoadedPatch(patch_path, patch, signer)
+
+
+def apply_loaded(pid: int, loaded: LoadedPatch, timeout: float = 10.0, dry_run: bool = False) -> dict:
+    steps = Steps("apply", pid)
+    arch = get_arch(loaded.patch.meta.arch)
     steps.mark("parsed")
     proc = attach(pid, arch, abort_check=check_interrupted)
     tx = Transaction()
     try:
-        report = _apply(proc, tx, patch, patch_path, timeout, dry_run, steps)
-        report["signed_by"] = signer
+        report = _apply(proc, tx, loaded, timeout, dry_run, steps)
+        report["signed_by"] = loaded.signer
         return report
     except BaseException as e:
         tx.abort(proc, e)
@@ -49,18 +78,20 @@ def apply(pid: int, patch_path: str, timeout: float = 10.0, dry_run: bool = Fals
         proc.close()
 
 
-def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_path: str, timeout: float,
-           dry_run: bool, steps: Steps) -> dict:
+def _apply(proc: Process, tx: Transaction, loaded_patch: LoadedPatch, timeout: float, dry_run: bool,
+           steps: Steps) -> dict:
+    patch, patch_path = loaded_patch.patch, loaded_patch.path
     meta, arch = patch.meta, proc.arch
     policy = sandbox.check_process(proc)
-    repaired = [] if dry_run else settle(proc, timeout)
-    maps = proc.maps()
-    loaded = loaded_modules(proc.pid, maps, proc.mem)
-    module = find_module(proc.pid, loaded, meta)
     key = hostkey.load(create=True)
+    seen = view(proc, key)
+    repaired = [] if dry_run else settle(proc, timeout, seen)
+    if repaired:
+        seen = view(proc, key)
+    maps, loaded, found = seen.maps, seen.loaded, seen.found
+    module = find_module(proc.pid, loaded, meta)
     # Records that fail verification are not ours to build on: their bytes count as the code's.
-    applied = [r for r in records.find_records(maps, proc.mem, proc.pid, key)
-               if not r.retired and records.verify(r, arch, maps, loaded.modules) is None]
+    applied = [r for r in found if not r.retired and records.verify(r, arch, maps, loaded.modules) is None]
     for r in applied:
         if r.patch_sha256 == patch.sha256:
             raise PatchMismatch(f"this patch is already applied to process {proc.pid} as patch {r.id}",
@@ -69,9 +100,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     verify_ifuncs(proc, module, loaded, meta)
     steps.mark("verified")
 
-    header_size = records.header_size_for([fn.name for fn in meta.replace], os.path.basename(patch_path),
-                                          module.path, proc.page_size)
-    plan = plan_layout(patch.obj, arch, header_size, proc.page_size)
+    header_size, plan = loaded_patch.layout(arch, module.path, proc.page_size)
     resolved = resolve_symbols(proc, module, loaded, meta, plan.undefined)
     steps.mark("resolved")
 
@@ -89,7 +118,8 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
         attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
 
-    record_id = max((r.id for r in records.find_records(maps, proc.mem)), default=0) + 1   # retired ones too
+    record_id = max((r.id for r in found), default=0) + 1   # retired ones too
+    proc.remote(maps)
     base = image.map_image(proc, plan, addresses, record_id, policy.name_vmas)
     registered: list[records.PatchRecord] = []
 
@@ -133,7 +163,7 @@ def _apply(proc: Process, tx: Transaction, patch: patchfile.PatchFile, patch_pat
     record.committing = False
     records.write_flags(record, proc.mem)
     report = _report(proc, "applied", record, module, linked, tramps, attempts, steps, patch_path)
-    report["warnings"] = [w for w in [perfmap.update(proc.pid, records.find_records(proc.maps(), proc.mem))] if w]
+    report["warnings"] = [w for w in [perfmap.update(proc.pid, found + [record])] if w]
     report["repaired"] = repaired
     return report
 

@@ -9,25 +9,42 @@ exactly as revert restores. A partial one without that journal was changed
 by someone else, and is left alone; so is a record that fails verification.
 """
 
+from dataclasses import dataclass
+
 from hotpatch.live import hostkey, records, repair, transition
 from hotpatch.live.undo import apply_recomposed, code_ranges, free_images, recompose, restore
 from hotpatch.live.unwinding import Stacks
 from hotpatch.process import inflight
 from hotpatch.process.attach import Process
-from hotpatch.process.modules import loaded_modules
+from hotpatch.process.maps import Mapping
+from hotpatch.process.modules import LoadedModules, loaded_modules
 from hotpatch.steps import Steps
 
 
-def settle(proc: Process, timeout: float) -> list[str]:
-    """Repair what an interrupted run left in `proc` (seized, running); a line for each thing done."""
+@dataclass
+class View:
+    """The process as one reading of its maps shows it: what apply builds on when settle changed nothing."""
+    maps: list[Mapping]
+    loaded: LoadedModules
+    found: list[records.PatchRecord]   # every record, retired ones too, authenticated with the host key
+
+
+def view(proc: Process, key: bytes) -> View:
+    maps = proc.maps()
+    return View(maps, loaded_modules(proc.pid, maps, proc.mem), records.find_records(maps, proc.mem, proc.pid, key))
+
+
+def settle(proc: Process, timeout: float, seen: View | None = None) -> list[str]:
+    """Repair what an interrupted run left in `proc` (seized, running); a line for each thing done.
+    `seen`: the process as read just before (else it is read here); it is stale once something was done."""
     steps = Steps("settle")
     marks = inflight.left_behind(proc.pid)   # parked threads are looked for only after a run that died
     done = repair.unpark_threads(proc) if marks is None or marks else []
     inflight.forget(marks or [])
-    done += repair.free_pending(proc)
-    maps = proc.maps()
-    found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
-    modules = loaded_modules(proc.pid, maps, proc.mem).modules
+    done += repair.free_pending(proc, seen.maps if seen is not None and not done else None)
+    if seen is None or done:
+        seen = view(proc, hostkey.load())
+    maps, found, modules = seen.maps, seen.found, seen.loaded.modules
     stale, how, under = [], {}, []
     for r in found:
         if r.retired or not r.functions or records.verify(r, proc.arch, maps, modules) is not None:

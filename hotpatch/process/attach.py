@@ -28,20 +28,21 @@ MAX_STACK_SCAN = 16 << 20
 def check_pid(pid: int) -> None:
     if pid <= 0:
         raise ProcessGone(f"{pid} is not a process id")
-    if not os.path.exists(f"/proc/{pid}"):
+    status = P.status_fields(pid)
+    if status is None:
         raise ProcessGone(f"process {pid} does not exist")
-    if P.status_field(pid, "Tgid") != str(pid):
-        raise ProcessGone(f"{pid} is a thread, not a process", f"use its process id {P.status_field(pid, 'Tgid')}")
+    if status.get("Tgid") != str(pid):
+        raise ProcessGone(f"{pid} is a thread, not a process", f"use its process id {status.get('Tgid')}")
     if pid == os.getpid():
         raise TraceError("hotpatch cannot patch itself")
-    state = P.status_field(pid, "State") or ""
+    state = status.get("State", "")
     if state.startswith("Z"):
         alive = [t for t in _tasks(pid) if not (P.status_field(t, "State") or "Z").startswith(("Z", "X"))]
         if alive:
             raise TraceError(f"the main thread of process {pid} has exited (its other threads run on)",
                              "hotpatch cannot patch such a process; restart it to apply the fix")
         raise ProcessGone(f"process {pid} is a zombie: it has exited and waits for its parent")
-    if P.status_field(pid, "VmSize") is None:
+    if "VmSize" not in status:
         raise TraceError(f"{pid} is a kernel thread, not a user process", "give the process id of a program")
     frozen = freezer_state(pid)
     if frozen is not None:
@@ -258,10 +259,12 @@ class Process:
         return {m.start for m in map(index.find, self._last_sps) if m is not None}
 
     # -- system calls made in the process ---------------------------------
-    def remote(self) -> RemoteSyscalls:
+    def remote(self, maps: list[Mapping] | None = None) -> RemoteSyscalls:
+        """Remote calls set up: the system call instruction found in `maps` (read just before: the vdso and
+        libc it is looked for in stay where they are) or in the maps read now."""
         if self._remote is None:
             self._mark = inflight.make(self.pid)   # before any thread is borrowed: see inflight.py
-            maps = self.maps()
+            maps = maps if maps is not None else self.maps()
             gadget = find_syscall_gadget(self.arch, maps, self.mem)
             self._remote = RemoteSyscalls(self.arch, self.threads, gadget, self.mem,
                                           find_parking(self.arch, maps, self.mem))

@@ -48,10 +48,22 @@ def link_map(read, dynamic_address: int, r_debug_symbol=None) -> list[tuple[int,
 
 
 def _dt_debug(read, dynamic_address: int) -> int:
-    for i in range(MAX_DYNAMIC):
-        tag, value = struct.unpack("<qQ", read(dynamic_address + 16 * i, 16))
+    for tag, value in _dynamic_entries(read, dynamic_address):
         if tag == DT_NULL:
             return 0
         if tag == DT_DEBUG:
             return value
     return 0
+
+
+def _dynamic_entries(read, address: int, chunk: int = 32):
+    """(d_tag, d_val) pairs, read `chunk` at a time (a dynamic section has a few dozen: a read each was
+    most of the walk's cost); entry by entry where the section ends near the end of its mapping."""
+    for first in range(0, MAX_DYNAMIC, chunk):
+        try:
+            data = read(address + 16 * first, 16 * chunk)
+        except TraceError:
+            for i in range(first, MAX_DYNAMIC):
+                yield struct.unpack("<qQ", read(address + 16 * i, 16))
+            return
+        yield from struct.iter_unpack("<qQ", data)

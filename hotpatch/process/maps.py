@@ -37,9 +37,10 @@ def parse_maps(text: str) -> list[Mapping]:
         parts = line.split(None, 5)
         if len(parts) < 5:
             continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        path = parts[5].strip() if len(parts) > 5 else ""
-        out.append(Mapping(start, end, parts[1], int(parts[2], 16), int(parts[4]), path))
+        span = parts[0]
+        dash = span.find("-")
+        out.append(Mapping(int(span[:dash], 16), int(span[dash + 1:], 16), parts[1], int(parts[2], 16),
+                           int(parts[4]), parts[5].strip() if len(parts) > 5 else ""))
     return out
 
 

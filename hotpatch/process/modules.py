@@ -3,6 +3,7 @@
 import os
 from dataclasses import dataclass
 
+from hotpatch.elf import filecache
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import PT_DYNAMIC, PT_TLS, ElfImage, load_bias
 from hotpatch.elf.needed import soname_and_needed
@@ -94,7 +95,7 @@ def _r_debug(pid: int, modules: list[Module]) -> int | None:
         if "ld-linux" not in os.path.basename(m.path) and "/ld-" not in m.path:
             continue
         try:
-            found = DynamicSymbols.from_path(module_file(pid, m)).lookup("_r_debug")
+            found = filecache.parsed(module_file(pid, m), DynamicSymbols.from_path).lookup("_r_debug")
         except ELFFormatError:
             return None
         return m.bias + found[0] if found else None
@@ -126,7 +127,8 @@ class ProcessSymbols:
     def _table(self, module: Module) -> DynamicSymbols | None:
         if module.path not in self._tables:
             try:
-                self._tables[module.path] = DynamicSymbols.from_path(module_file(self.pid, module))
+                self._tables[module.path] = filecache.parsed(module_file(self.pid, module),
+                                                                 DynamicSymbols.from_path)
             except ELFFormatError as e:
                 self._tables[module.path] = None
                 self.unreadable[module.path] = e.message
@@ -242,7 +244,7 @@ def _global_first(pid: int, modules: list[Module]) -> tuple[list[Module], dict[s
     names: dict[str, tuple[str | None, list[str]]] = {}
     for m in modules:
         try:
-            names[m.path] = soname_and_needed(module_file(pid, m))
+            names[m.path] = filecache.parsed(module_file(pid, m), soname_and_needed)
         except ELFFormatError:
             return modules, {}
     by_name: dict[str, Module] = {}

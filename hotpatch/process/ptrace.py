@@ -100,18 +100,35 @@ def status_field(pid: int, name: str) -> str | None:
     return None
 
 
+def status_fields(pid: int) -> dict[str, str] | None:
+    """Every field of /proc/PID/status, read at once; None when it cannot be read (no such process)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return {name: value.strip() for name, _, value in (line.partition(":") for line in text.splitlines())}
+
+
 def deliverable_signals(pid: int, tid: int) -> int:
     """The signals pending for thread `tid` (its own or its process's) that it does not block: a mask."""
-    fields = {}
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name in ("SigPnd", "ShdPnd", "SigBlk"):
-                    fields[name] = int(value, 16)
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            text = f.read()
+        # Runs on every remote call: three fields found by name, not the whole file split
+        pending, shared, blocked = (_hex_field(text, name) for name in (b"\nSigPnd:", b"\nShdPnd:", b"\nSigBlk:"))
     except (OSError, ValueError):
         return 0
-    return (fields.get("SigPnd", 0) | fields.get("ShdPnd", 0)) & ~fields.get("SigBlk", 0)
+    return (pending | shared) & ~blocked
+
+
+def _hex_field(text: bytes, name: bytes) -> int:
+    at = text.find(name)
+    if at < 0:
+        return 0
+    start = at + len(name)
+    end = text.find(b"\n", start)
+    return int(text[start:end if end >= 0 else len(text)], 16)
 
 
 def seize(tid: int, options: int = PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD) -> None:

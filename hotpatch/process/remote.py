@@ -33,10 +33,22 @@ SYSCALL_STOP = signal.SIGTRAP | 0x80   # PTRACE_O_TRACESYSGOOD
 CALL_POLL = 0.002   # a call returns into a loop, not a trap: the thread is looked at this often
 
 
+# Where a pattern was found before, as (mapping's path, offset in it): processes of one binary share
+# their vdso and libc, so the next process is checked there first (its bytes read and compared) rather
+# than searched.
+_found_at: dict[tuple[bytes, int], tuple[str, int]] = {}
+
+
 def find_code(arch: Arch, maps: list[Mapping], mem: Memory, pattern: bytes, align: int) -> int | None:
     """The first occurrence of `pattern` at an `align`ed address of executable code: vdso, libc, the rest."""
     ordered = sorted((m for m in maps if m.executable and m.readable),
                      key=lambda m: (m.path != "[vdso]", "libc" not in m.path, m.start))
+    known = _found_at.get((pattern, align))
+    if known is not None:
+        m = next((m for m in ordered if m.path == known[0]), None)
+        if m is not None and m.start + known[1] + len(pattern) <= m.end \
+                and mem.read_available(m.start + known[1], len(pattern)) == pattern:
+            return m.start + known[1]
     for m in ordered:
         if m.path == "[vsyscall]":
             continue
@@ -48,6 +60,7 @@ def find_code(arch: Arch, maps: list[Mapping], mem: Memory, pattern: bytes, alig
             i = data.find(pattern)
             while i >= 0:
                 if (pos + i) % align == 0:
+                    _found_at[(pattern, align)] = (m.path, pos + i - m.start)
                     return pos + i
                 i = data.find(pattern, i + 1)
             pos += len(data) - len(pattern) + 1
