@@ -7,7 +7,8 @@ Prints min/median/max of:
     in the same run (bench/floor.c: seize, interrupt, read registers, detach);
   * apply wall time, `hotpatch PID PATCHFILE` from start to exit;
   * per-call overhead of a patched function (jmp rel32) against the unpatched one;
-  * build, apply time and peak memory for a patch replacing 1,000 functions.
+  * build, apply time and peak memory for a patch replacing 1,000 functions;
+  * apply --all-processes per process (bench/fleet.py; 200 processes, 20 with --quick).
 Figures only: nothing here asserts a timing.
 """
 
@@ -160,6 +161,10 @@ def main():
         print(f"  apply wall time (ms):    {stats(walls)}")
         print(f"  apply peak memory (MB):  {stats(rss)}")
         print(f"  commit window (ms):      {stats(stops)}")
+
+    import fleet   # bench/fleet.py: apply --all-processes
+    print()
+    fleet.report(20 if args.quick else 200, 1 if args.quick else 5)
 
 
 if __name__ == "__main__":

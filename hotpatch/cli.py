@@ -287,10 +287,45 @@ def quiet_stdout() -> None:
         pass
 
 
+class ProgressBar:
+    """A progress bar on the terminal (tqdm) while --all-processes works: processes done of all, and
+    the outcomes so far; gone when the work is, the report follows."""
+
+    def __init__(self, what: str):
+        self.what, self.bar, self.counts = what, None, {}
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+        try:
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except OSError:
+            sized = False
+        # A terminal that reports no size (a serial console) gets 80 columns: tqdm would print nothing
+        self.bar = tqdm(total=total, desc=self.what, unit="process", file=sys.stderr, leave=False,
+                        dynamic_ncols=sized, ncols=None if sized else 80, mininterval=0.05)
+
+    def advance(self, result: dict) -> None:
+        self.counts[result["outcome"]] = self.counts.get(result["outcome"], 0) + 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(", ".join(f"{n} {what}" for what, n in sorted(self.counts.items())),
+                                     refresh=False)
+            self.bar.update(1)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def progress_bar(args, what: str) -> ProgressBar | None:
+    """Only for a person at a terminal: never with --json, nor when stderr is a file or a pipe."""
+    return ProgressBar(what) if not args.json and sys.stderr.isatty() else None
+
+
 def run(args) -> int:
     if args.command == "apply" and args.all_processes:
         from hotpatch.ops.fleet import apply_everywhere
-        report = apply_everywhere(args.patch, args.jobs, args.timeout, args.trust, args.name)
+        report = apply_everywhere(args.patch, args.jobs, args.timeout, args.trust, args.name,
+                                  progress_bar(args, "patching"))
         lines = [printable(f"{p['pid']:>7}  {p['outcome']:<16} {p.get('binary', '')}"
                            + (f"  {p['message']}" if p["message"] else "")) for p in report["processes"]]
         totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process maps it"
@@ -305,7 +340,7 @@ def run(args) -> int:
             sys.stderr.write(f"hotpatch: warning: {w}\n")
     elif args.command == "revert" and args.all_processes:
         from hotpatch.ops.fleet import revert_everywhere
-        report = revert_everywhere(args.patch, args.jobs, args.timeout)
+        report = revert_everywhere(args.patch, args.jobs, args.timeout, progress=progress_bar(args, "reverting"))
         lines = [printable(f"{p['pid']:>7}  {p['outcome']:<10}" + (f"  {p['message']}" if p["message"] else ""))
                  for p in report["processes"]]
         totals = ", ".join(f"{n} {what}" for what, n in sorted(report["summary"].items())) or "no process carries it"

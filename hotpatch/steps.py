@@ -8,6 +8,8 @@ undo action; a flag cannot.
 Test hooks, both naming a step as OPERATION:STEP (e.g. apply:mapped):
   HOTPATCH_FAULT     fail there, as an error would
   HOTPATCH_PAUSE_AT  print "hotpatch: paused at STEP" on stderr and wait for a line on stdin
+                     (with HOTPATCH_PAUSE_PID, only in the transaction on that process: one of many
+                     of apply --all-processes)
 """
 
 import os
@@ -41,12 +43,14 @@ def check_interrupted() -> None:
 
 
 class Steps:
-    def __init__(self, operation: str):
+    def __init__(self, operation: str, pid: int | None = None):
         self.operation = operation
         self.marks: dict[str, float] = {}
         self.start = time.perf_counter()
         self.fault = os.environ.get("HOTPATCH_FAULT")
         self.pause = os.environ.get("HOTPATCH_PAUSE_AT")
+        if os.environ.get("HOTPATCH_PAUSE_PID", str(pid)) != str(pid):
+            self.pause = None
 
     def mark(self, name: str, abortable: bool = True, hooks: bool | None = None) -> None:
         """Record the time of a step; where abortable, honour termination requests; where hooks

@@ -21,8 +21,8 @@ import time
 from hotpatch import patchfile
 from hotpatch.errors import HotpatchError, Untrusted, UsageError
 from hotpatch.ops import fleet
-from hotpatch.ops.apply import apply
-from hotpatch.ops.trust import check_trust_path, verify
+from hotpatch.ops.apply import LoadedPatch, apply_loaded, load
+from hotpatch.ops.trust import check_trust_path, trust_file, verify
 from hotpatch.steps import requested
 
 DEFAULT_DIR = "/var/lib/hotpatch/patches"
@@ -65,20 +65,43 @@ def uninstall(name: str, patch_dir: str, jobs: int, timeout: float) -> dict:
     return report
 
 
-def installed(patch_dir: str, trust: str | None) -> list[tuple[str, str]]:
-    """(path, build-id) of every installed patch that verifies now; a line for each that does not."""
-    out = []
-    for name in sorted(os.listdir(patch_dir)):
-        path = os.path.join(patch_dir, name)
-        if name.endswith(".sig") or name.startswith(".") or not stat.S_ISREG(os.lstat(path).st_mode):
-            continue
-        try:
-            data = patchfile.read_bytes(path)
-            verify(path, data, trust, required=True)
-            out.append((path, patchfile.decode(data, path).meta.target_build_id))
-        except HotpatchError as e:
-            log(f"skipped {name}: {e.line()}")
-    return out
+class Installed:
+    """The installed patches that verify, each read, verified and parsed once while it, its signature and
+    the trust file stay the same files (a change of any is seen at the next pass: checked again)."""
+
+    def __init__(self, patch_dir: str, trust: str | None):
+        self.patch_dir, self.trust = patch_dir, trust
+        self._seen: dict[str, tuple[tuple, LoadedPatch | None]] = {}
+
+    def current(self) -> list[LoadedPatch]:
+        out, seen = [], {}
+        for name in sorted(os.listdir(self.patch_dir)):
+            path = os.path.join(self.patch_dir, name)
+            if name.endswith(".sig") or name.startswith(".") or not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            key = tuple(_identity(p) for p in (path, path + ".sig", trust_file(self.trust)))
+            known = self._seen.get(path)
+            if known is not None and known[0] == key:
+                loaded = known[1]
+            else:
+                try:
+                    loaded = load(path, self.trust, required=True)
+                except HotpatchError as e:
+                    loaded = None
+                    log(f"skipped {name}: {e.line()}")
+            seen[path] = (key, loaded)
+            if loaded is not None:
+                out.append(loaded)
+        self._seen = seen
+        return out
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid
 
 
 def log(line: str) -> None:
@@ -121,15 +144,16 @@ def run(patch_dir: str, trust: str | None, interval: float, timeout: float, once
     sock = _events()
     done: dict[tuple[int, str], str] = {}   # (pid, patch) -> outcome: asked once per process start
     log(f"watching {patch_dir} (signatures checked against {trust or 'the default trust file'})")
+    patches = Installed(patch_dir, trust)
     while requested() is None:
-        patches = installed(patch_dir, trust)
-        for path, build_id in patches:
-            for pid, binary in fleet.processes_mapping(build_id, {os.getpid(), os.getppid()}):
+        for loaded in patches.current():
+            path = loaded.path
+            for pid, binary in fleet.processes_mapping(loaded.patch.meta.target_build_id, {os.getpid(), os.getppid()}):
                 key = (pid, _started(pid) + path)
                 if key in done:
                     continue
                 try:
-                    report = apply(pid, path, timeout=timeout)
+                    report = apply_loaded(pid, loaded, timeout=timeout)
                     done[key] = "patched"
                     log(f"patched process {pid} ({binary}) with {os.path.basename(path)} as patch {report['id']}")
                 except HotpatchError as e:

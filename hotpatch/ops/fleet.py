@@ -4,8 +4,8 @@ The processes are found by build-id, not by path: a binary is the same file in a
 namespace, a chroot) as outside, and another build at the same path is another binary. Each mapped file is
 read once (by device and inode), through /proc/PID/map_files, which opens it as the process sees it.
 
-Each process is patched by its own worker, a forked child, in its own transaction: one that is busy,
-gone or refused never stops the others, and none is left half patched. `--jobs` bounds the workers.
+The processes are shared among `--jobs` forked workers, each process in its own transaction: one that is
+busy, gone or refused never stops the others, and none is left half patched.
 """
 
 import hashlib
@@ -14,18 +14,26 @@ import os
 import select
 import signal
 import time
+from dataclasses import dataclass
 
 from hotpatch import patchfile
+from hotpatch.elf import filecache
+from hotpatch.elf.cfi import CallFrameTable
+from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
+from hotpatch.elf.needed import soname_and_needed
 from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy
 from hotpatch.live import hostkey, records
-from hotpatch.ops.apply import apply  # the workers' work, imported before they fork
+from hotpatch.ops.apply import apply_loaded, load  # the workers' work, imported before they fork
 from hotpatch.ops.revert import revert
-from hotpatch.ops.trust import verify
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
+from hotpatch.process.modules import loaded_modules, module_file
+from hotpatch.steps import requested
 
 ELF_MAGIC = b"\x7fELF"
+# Outcomes after which every process still running carries the patch ("done", exit 0)
+CARRY = ("patched", "already patched", "exited")
 
 
 def processes_mapping(build_id: str, skip: set[int]) -> list[tuple[int, str]]:
@@ -74,87 +82,228 @@ def process_name(pid: int) -> str:
         return ""
 
 
-def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | None, name: str | None = None) -> dict:
+class Progress:
+    """What a caller shows while processes are worked on: the count once known, each result, the end."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, result: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | None, name: str | None = None,
+                     progress: Progress | None = None) -> dict:
     """Apply to every process mapping the patch's binary (only those named `name`, if given); a result each."""
-    data = patchfile.read_bytes(patch_path)
-    signer = verify(patch_path, data, trust)
-    meta = patchfile.decode(data, patch_path).meta
+    loaded = load(patch_path, trust)   # read, verified and parsed once: the same bytes for every process
+    meta = loaded.patch.meta
     started = time.monotonic()
     targets = [(pid, path) for pid, path in processes_mapping(meta.target_build_id, {os.getpid(), os.getppid()})
                if name is None or process_name(pid) == name]
+    if targets:
+        _prefetch(targets[0][0])
     results = _run_workers([pid for pid, _ in targets], jobs,
-                           lambda pid: apply(pid, patch_path, timeout=timeout, trust=trust), "patched")
+                           lambda pid: apply_loaded(pid, loaded, timeout=timeout), "patched", progress)
     for pid, path in targets:
         results[pid]["binary"] = path
-    summary: dict[str, int] = {}
-    for r in results.values():
-        summary[r["outcome"]] = summary.get(r["outcome"], 0) + 1
-    return {"status": "done" if all(r["outcome"] in ("patched", "already patched") for r in results.values())
+    return {"status": "done" if all(r["outcome"] in CARRY for r in results.values())
             else "some failed", "patch": os.path.basename(patch_path), "build_id": meta.target_build_id,
-            "signed_by": signer, "processes": [results[pid] for pid, _ in targets], "summary": summary,
+            "signed_by": loaded.signer, "processes": [results[pid] for pid, _ in targets], "summary": _tally(results),
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def _run_workers(pids: list[int], jobs: int, work, done: str) -> dict:
-    """work(pid) for each pid in a forked worker, `jobs` at once; a result per pid ("done" outcome on success)."""
+def _prefetch(pid: int) -> None:
+    """Parse, before the workers fork, what each would parse on its first process: the dynamic symbols,
+    dynamic sections and call frame information of the modules `pid` maps (elf/filecache.py). Every worker
+    then starts warm. Read only; what fails here is left to the workers, which report it."""
+    try:
+        maps = read_maps(pid)
+        mem = Memory(pid, writable=False)
+    except HotpatchError:
+        return
+    try:
+        for m in loaded_modules(pid, maps, mem).modules:
+            path = module_file(pid, m)
+            for parse in (DynamicSymbols.from_path, soname_and_needed):
+                try:
+                    filecache.parsed(path, parse)
+                except HotpatchError:
+                    pass
+            try:
+                filecache.parsed(path, CallFrameTable.from_path).prepare()
+            except HotpatchError:
+                pass
+    except HotpatchError:
+        pass
+    finally:
+        mem.close()
+
+
+def _tally(results: dict[int, dict]) -> dict[str, int]:
+    """How many processes had each outcome."""
+    summary: dict[str, int] = {}
+    for r in results.values():
+        summary[r["outcome"]] = summary.get(r["outcome"], 0) + 1
+    return summary
+
+
+@dataclass
+class _Worker:
+    child: int           # the worker's pid
+    tasks: int           # write end: a target pid per line
+    current: int | None  # the target it works on
+    pending: bytes       # a result line not complete yet
+
+
+def _run_workers(pids: list[int], jobs: int, work, done: str, progress: Progress | None = None) -> dict:
+    """work(pid) for each pid, in `jobs` long-lived forked workers; a result per pid ("done" outcome on
+    success).
+
+    A worker is a tracer like a single apply's executor, and keeps what it parsed (the patch, the files of
+    the processes' modules: elf/filecache.py) from one process to the next: that is what makes one more
+    process cost a few milliseconds. Each process is still its own transaction. A worker that dies is
+    replaced, and the process it had is reported with how it died. A termination request stops giving out
+    processes, is relayed to the workers (each rolls its transaction back), and the rest are reported as
+    not attempted.
+    """
     results: dict[int, dict] = {}
-    pending, running = list(pids), {}   # read end -> (pid, worker, chunks)
-    while pending or running:
-        while pending and len(running) < max(jobs, 1):
-            pid = pending.pop(0)
-            r, w = os.pipe()
-            worker = os.fork()
-            if worker == 0:
-                os.close(r)
-                _worker(pid, w, lambda pid=pid: work(pid), done)
-            os.close(w)
-            running[r] = (pid, worker, [])
-        ready, _, _ = select.select(list(running), [], [], 1.0)
-        for r in ready:
-            chunk = os.read(r, 65536)
-            if chunk:
-                running[r][2].append(chunk)
-                continue
-            pid, worker, chunks = running.pop(r)
-            os.close(r)
-            _, status = os.waitpid(worker, 0)
-            results[pid] = _result(pid, b"".join(chunks), status)
+    pending = list(pids)
+    workers: dict[int, _Worker] = {}   # result read end -> worker
+    relayed = False
+    if progress is not None:
+        progress.start(len(pids))
+
+    def finish(result: dict) -> None:
+        results[result["pid"]] = result
+        if progress is not None:
+            progress.advance(result)
+
+    try:
+        while pending or any(w.current is not None for w in workers.values()):
+            if requested() is not None and not relayed:
+                relayed = True
+                for pid in pending:
+                    finish({"pid": pid, "outcome": "not attempted",
+                            "message": f"interrupted by {signal.Signals(requested()).name} before its turn"})
+                pending.clear()
+                for w in workers.values():
+                    if w.current is not None:
+                        _signal(w.child, signal.SIGTERM)
+            while pending and len(workers) < max(jobs, 1):
+                fd, worker = _start_worker(workers, work, done)
+                workers[fd] = worker
+            for w in workers.values():
+                if w.current is None and pending:
+                    w.current = pending.pop(0)
+                    _write_all(w.tasks, f"{w.current}\n".encode())
+            ready, _, _ = select.select(list(workers), [], [], 0.5)
+            for fd in ready:
+                w = workers[fd]
+                chunk = os.read(fd, 65536)
+                if not chunk:   # the worker is gone
+                    del workers[fd]
+                    os.close(fd)
+                    os.close(w.tasks)
+                    _, status = os.waitpid(w.child, 0)
+                    if w.current is not None:
+                        finish(_died(w.current, status))
+                    continue
+                w.pending += chunk
+                while b"\n" in w.pending:
+                    line, w.pending = w.pending.split(b"\n", 1)
+                    finish(json.loads(line))
+                    w.current = None
+    finally:
+        for fd, w in workers.items():   # no more work: each worker reads EOF and exits
+            os.close(w.tasks)
+            os.close(fd)
+        for w in workers.values():
+            os.waitpid(w.child, 0)
+        if progress is not None:
+            progress.finish()
     return results
 
 
-def _worker(pid: int, w: int, work, done: str) -> None:
-    """A forked child: the work on one process, its result as one JSON line on `w`."""
+def _start_worker(workers: dict[int, _Worker], work, done: str) -> tuple[int, _Worker]:
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        for fd, w in workers.items():   # the other workers' pipes: their EOF must not wait on this one
+            os.close(fd)
+            os.close(w.tasks)
+        os.close(task_w)
+        os.close(result_r)
+        _serve(task_r, result_w, work, done)   # never returns
+    os.close(task_r)
+    os.close(result_w)
+    return result_r, _Worker(child, task_w, None, b"")
+
+
+def _serve(tasks: int, results: int, work, done: str) -> None:
+    """A forked worker: for each target pid read from `tasks`, its result as one JSON line on `results`."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent relays requests as SIGTERM
-        try:
-            report = work()
-            result = {"pid": pid, "outcome": done, "id": report.get("id"), "stop_ms": _stop_ms(report),
-                      "message": "; ".join(report.get("warnings", []))}
-        except ProcessBusy as e:
-            result = {"pid": pid, "outcome": "busy", "message": e.line()}
-        except PatchMismatch as e:
-            outcome = "already patched" if "already applied" in e.message else "failed"
-            result = {"pid": pid, "outcome": outcome, "message": e.line()}
-        except HotpatchError as e:
-            result = {"pid": pid, "outcome": "failed", "message": e.line(), "exit_code": e.exit_code}
-        except Exception as e:   # a bug in one worker: reported, the others go on
-            result = {"pid": pid, "outcome": "failed", "message": f"internal error: {type(e).__name__}: {e}"}
-        os.write(w, json.dumps(result).encode())
+        with os.fdopen(tasks, "rb") as lines:
+            for line in lines:
+                pid = int(line)
+                _write_all(results, (json.dumps(_outcome(pid, work, done)) + "\n").encode())
+                if requested() is not None:
+                    break
     except BaseException:
         code = 1
     finally:
         os._exit(code)
 
 
-def _result(pid: int, data: bytes, status: int) -> dict:
+def _outcome(pid: int, work, done: str) -> dict:
     try:
-        return json.loads(data)
-    except ValueError:
-        how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
-            f"exit {os.waitstatus_to_exitcode(status)}"
-        return {"pid": pid, "outcome": "failed", "message": f"its worker ended without a result ({how}): "
-                "`hotpatch list PID` shows the process's state, the next run completes what was left"}
+        report = work(pid)
+        return {"pid": pid, "outcome": done, "id": report.get("id"), "stop_ms": _stop_ms(report),
+                "message": "; ".join(report.get("warnings", []))}
+    except ProcessBusy as e:
+        return {"pid": pid, "outcome": "busy", "message": e.line()}
+    except PatchMismatch as e:
+        outcome = "already patched" if "already applied" in e.message else "failed"
+        return {"pid": pid, "outcome": outcome, "message": e.line()}
+    except HotpatchError as e:
+        if not _running(pid):   # it exited meanwhile: no code of it is left to patch
+            return {"pid": pid, "outcome": "exited", "message": e.line()}
+        return {"pid": pid, "outcome": "failed", "message": e.line(), "exit_code": e.exit_code}
+    except Exception as e:   # a bug on one process: reported, the others go on
+        return {"pid": pid, "outcome": "failed", "message": f"internal error: {type(e).__name__}: {e}"}
+
+
+def _running(pid: int) -> bool:
+    """Not gone and not a zombie (a process that exited, its parent not told yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _died(pid: int, status: int) -> dict:
+    how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
+        f"exit {os.waitstatus_to_exitcode(status)}"
+    return {"pid": pid, "outcome": "failed", "message": f"its worker ended without a result ({how}): "
+            "`hotpatch list PID` shows the process's state, the next run completes what was left"}
 
 
 def _stop_ms(report: dict) -> float | None:
@@ -162,7 +311,8 @@ def _stop_ms(report: dict) -> float | None:
     return round(t["resumed"] - t["stopping"], 3) if "resumed" in t and "stopping" in t else None
 
 
-def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None = None) -> dict:
+def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None = None,
+                      progress: Progress | None = None) -> dict:
     """Revert a patch (a patch file, its bytes, or the name it was applied under) in every process carrying it."""
     if data is None and os.path.isfile(patch):
         data = patchfile.read_bytes(patch)
@@ -172,12 +322,10 @@ def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None 
                 if (sha is not None and c["sha256"] == sha) or c["patch"] == name}
     started = time.monotonic()
     results = _run_workers(sorted(carriers), jobs,
-                           lambda pid: revert(pid, carriers[pid], timeout=timeout), "reverted")
-    summary: dict[str, int] = {}
-    for r in results.values():
-        summary[r["outcome"]] = summary.get(r["outcome"], 0) + 1
-    return {"status": "done" if all(r["outcome"] == "reverted" for r in results.values()) else "some failed",
-            "patch": name, "processes": [results[p] for p in sorted(carriers)], "summary": summary,
+                           lambda pid: revert(pid, carriers[pid], timeout=timeout), "reverted", progress)
+    return {"status": "done" if all(r["outcome"] in ("reverted", "exited") for r in results.values())
+            else "some failed", "patch": name, "processes": [results[p] for p in sorted(carriers)],
+            "summary": _tally(results),
             "seconds": round(time.monotonic() - started, 3)}
 
 

@@ -2,17 +2,29 @@
 transaction, concurrently; one that is busy or already patched does not stop the others; a process of
 another binary is left alone. Exit 0 when all are patched, 10 when some are not, with the reason each."""
 
+import fcntl
 import json
+import os
+import pty
+import select
 import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 import pytest
-from harness import Patch, Program, hotpatch
+from harness import ROOT, TIME_SCALE, Patch, Program, hotpatch, hotpatch_popen
 
 pytestmark = pytest.mark.arm64
 
 TARGET = Program("target.c", "-fPIE", "-pie")
 OTHER = Program("target.c", "-fPIE", "-pie", "-O1")   # same source, another build (another build-id)
 FIX = Patch("patch_target.c", TARGET)
+MEMBER = Program("busy.c", "-fPIE", "-pie", "-pthread")   # "idle": patchable; else a thread parks in work()
+WORK_FIX = Patch("patch_work.c", MEMBER)
 
 
 def test_every_process_of_the_binary(build, spawn):
@@ -82,3 +94,82 @@ def test_selected_by_name(build, spawn, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [p["pid"] for p in json.loads(r.stdout)["processes"]] == [billing.pid]
     assert billing.ask("compute 5") == "51" and plain.ask("compute 5") == "11"
+
+
+def test_twenty_processes_some_busy_one_exiting(build, spawn):
+    """20 processes of one binary: 16 idle are patched, 3 with a thread parked in the function are
+    refused as busy (after --timeout) and left as they were, and one that exits mid-way (SIGKILLed while
+    its transaction is held with the image mapped in it) is reported as exited; exit 10 for the busy ones."""
+    idle = [spawn([build(MEMBER), "idle"]) for _ in range(16)]
+    busy = [spawn(build(MEMBER)) for _ in range(3)]
+    leaving = spawn([build(MEMBER), "idle"])
+    p = hotpatch_popen("apply", "--all-processes", build(WORK_FIX), "--timeout", str(1 * TIME_SCALE), "--json",
+                       env={"HOTPATCH_PAUSE_AT": "apply:mapped", "HOTPATCH_PAUSE_PID": str(leaving.pid)})
+    try:
+        assert p.stderr.readline().strip() == "hotpatch: paused at apply:mapped"
+        os.kill(leaving.pid, signal.SIGKILL)
+        while _state(leaving.pid) not in ("Z", "gone"):   # its tracer (the held worker) reaps it later
+            time.sleep(0.01)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=120 * TIME_SCALE)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 10, out + err
+    report = json.loads(out)
+    outcomes = {r["pid"]: r["outcome"] for r in report["processes"]}
+    assert outcomes == {**{t.pid: "patched" for t in idle}, **{t.pid: "busy" for t in busy},
+                        leaving.pid: "exited"}, report
+    assert report["summary"] == {"patched": 16, "busy": 3, "exited": 1}
+    assert all(t.ask("work 5") == "1005" for t in idle)
+    assert all(t.ask("work 5") == "6" and t.status("TracerPid") == "0" for t in busy)
+    r = hotpatch("list", str(busy[0].pid), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["patches"] == [], r.stdout   # nothing left behind
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def test_progress_on_a_terminal(build, spawn):
+    """On a terminal, a progress bar (tqdm) on stderr while processes are patched, gone at the end; never
+    with --json, nor when stderr is not a terminal."""
+    ts = [spawn(build(TARGET)) for _ in range(3)]
+    shown = _on_terminal("apply", "--all-processes", build(FIX))
+    assert "patching" in shown and "/3 [" in shown, shown
+    assert all(t.ask("compute 5") == "51" for t in ts)
+    shown = _on_terminal("revert", "--all-processes", build(FIX), "--json")
+    assert "reverting" not in shown and "/3 [" not in shown, shown
+    assert all(t.ask("compute 5") == "11" for t in ts)
+    r = hotpatch("apply", "--all-processes", build(FIX))   # stderr a pipe: no bar
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def _on_terminal(*args: str) -> str:
+    """Run the CLI with stderr on a pseudo-terminal; what the terminal showed (it must exit 0)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))   # a terminal's size
+    p = subprocess.Popen([sys.executable, "-m", "hotpatch", *args], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    shown = b""
+    while True:   # drained as it comes: a full terminal buffer would hold the CLI
+        ready, _, _ = select.select([master], [], [], 60 * TIME_SCALE)
+        assert ready, "no output and no exit from the CLI within a minute"
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:   # EIO: every holder of the terminal has closed it
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    out = p.communicate(timeout=60 * TIME_SCALE)[0]
+    assert p.returncode == 0, shown.decode(errors="replace") + out.decode(errors="replace")
+    return shown.decode(errors="replace")
