@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -185,13 +186,16 @@ def _run_workers(pids: list[int], jobs: int, work, done: str, progress: Progress
         while pending or any(w.current is not None for w in workers.values()):
             if requested() is not None and not relayed:
                 relayed = True
+                name = signal.Signals(requested()).name
+                under_way = [w for w in workers.values() if w.current is not None]
+                _notice(f"{name}: {len(under_way)} process(es) under way finish or roll back, "
+                        f"{len(pending)} not attempted")
                 for pid in pending:
                     finish({"pid": pid, "outcome": "not attempted",
-                            "message": f"interrupted by {signal.Signals(requested()).name} before its turn"})
+                            "message": f"interrupted by {name} before its turn"})
                 pending.clear()
-                for w in workers.values():
-                    if w.current is not None:
-                        _signal(w.child, signal.SIGTERM)
+                for w in under_way:
+                    _signal(w.child, signal.SIGTERM)
             while pending and len(workers) < max(jobs, 1):
                 fd, worker = _start_worker(workers, work, done)
                 workers[fd] = worker
@@ -285,6 +289,15 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
+
+
+def _notice(line: str) -> None:
+    """A line on stderr while the work goes on (the report comes at the end, on stdout)."""
+    try:
+        sys.stderr.write(f"hotpatch: {line}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -16,7 +16,7 @@ import termios
 import time
 
 import pytest
-from harness import ROOT, TIME_SCALE, Patch, Program, hotpatch, hotpatch_popen
+from harness import ROOT, TIME_SCALE, Patch, Program, children_of, hotpatch, hotpatch_popen
 
 pytestmark = pytest.mark.arm64
 
@@ -173,3 +173,62 @@ def _on_terminal(*args: str) -> str:
     out = p.communicate(timeout=60 * TIME_SCALE)[0]
     assert p.returncode == 0, shown.decode(errors="replace") + out.decode(errors="replace")
     return shown.decode(errors="replace")
+
+
+def _held(*args: str, pid: int):
+    """apply --all-processes with one worker, held with the image mapped in process `pid` (its first)."""
+    p = hotpatch_popen("apply", "--all-processes", *args, "--jobs", "1", "--json",
+                       env={"HOTPATCH_PAUSE_AT": "apply:mapped", "HOTPATCH_PAUSE_PID": str(pid)})
+    assert p.stderr.readline().strip() == "hotpatch: paused at apply:mapped"
+    return p
+
+
+def _finish(p) -> tuple[int, dict, str]:
+    try:
+        out, err = p.communicate(timeout=120 * TIME_SCALE)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, json.loads(out), err
+
+
+def test_interrupted_midway(build, spawn):
+    """SIGTERM while one process's transaction is under way: it rolls back, the rest are not attempted, a
+    line says so at once; nothing is left patched or half patched."""
+    ts = sorted((spawn(build(TARGET)) for _ in range(4)), key=lambda t: t.pid)   # taken in pid order
+    p = _held(build(FIX), pid=ts[0].pid)
+    p.send_signal(signal.SIGTERM)
+    assert p.stderr.readline().strip() == "hotpatch: SIGTERM: 1 process(es) under way finish or roll back, " \
+        "3 not attempted"
+    p.stdin.write("\n")
+    p.stdin.flush()
+    code, report, err = _finish(p)
+    assert code == 10, err
+    outcomes = {r["pid"]: (r["outcome"], r["message"]) for r in report["processes"]}
+    assert outcomes[ts[0].pid] == ("failed", "interrupted by SIGTERM"), outcomes
+    assert all(outcomes[t.pid][0] == "not attempted" for t in ts[1:]), outcomes
+    for t in ts:
+        assert t.ask("compute 5") == "11" and t.status("TracerPid") == "0"
+        assert "[anon:hotpatch" not in t.maps()
+
+
+def test_worker_killed(build, spawn):
+    """A worker killed (SIGKILL) in the middle of a process: that process is reported with how its worker
+    died, a new worker patches the rest; the next run on the process frees what was left in it."""
+    ts = sorted((spawn(build(TARGET)) for _ in range(3)), key=lambda t: t.pid)
+    p = _held(build(FIX), pid=ts[0].pid)
+    executor, = children_of(p.pid)
+    worker, = children_of(executor)
+    os.kill(worker, signal.SIGKILL)
+    code, report, err = _finish(p)
+    assert code == 10, err
+    outcomes = {r["pid"]: r for r in report["processes"]}
+    assert outcomes[ts[0].pid]["outcome"] == "failed", outcomes
+    assert "its worker ended without a result (killed by signal 9)" in outcomes[ts[0].pid]["message"]
+    assert [outcomes[t.pid]["outcome"] for t in ts[1:]] == ["patched", "patched"]
+    assert ts[0].ask("compute 5") == "11" and all(t.ask("compute 5") == "51" for t in ts[1:])
+    r = hotpatch("list", str(ts[0].pid), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "[anon:hotpatch" not in ts[0].maps() and ts[0].status("TracerPid") == "0"
+    assert hotpatch(str(ts[0].pid), build(FIX)).returncode == 0 and ts[0].ask("compute 5") == "51"
