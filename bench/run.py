@@ -162,7 +162,7 @@ def main():
         print(f"  apply peak memory (MB):  {stats(rss)}")
         print(f"  commit window (ms):      {stats(stops)}")
 
-    import fleet   # bench/fleet.py: apply --all-processes
+    import fleet  # bench/fleet.py: apply --all-processes
     print()
     fleet.report(20 if args.quick else 200, 1 if args.quick else 5)
 
