@@ -296,6 +296,7 @@ class ProgressBar:
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
+        tqdm.monitor_interval = 0   # no monitor thread: the workers are forked after this
         try:
             sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
         except OSError:

@@ -2,9 +2,10 @@
 
 One run that patches many processes of one binary (`apply --all-processes`, the daemon) reads libc's
 dynamic symbols, dynamic section and call frame information once, not once per process: that parsing is
-most of what a single apply costs. A file is the same while its device, inode, size and modification time
-are; a package upgrade writes a new inode, so a replaced file is parsed afresh. Failures are not kept:
-each caller sees the error of its own attempt.
+most of what a single apply costs. A file is the same while its device, inode, size, modification time
+and change time are (the change time cannot be set back: a file rewritten in place with its old size and
+mtime restored still differs); a package upgrade writes a new inode, so a replaced file is parsed afresh.
+Failures are not kept: each caller sees the error of its own attempt.
 """
 
 import os
@@ -23,7 +24,7 @@ def parsed(path: str, parse: Callable[[str], T]) -> T:
         st = os.stat(path)
     except OSError:
         return parse(path)   # it reports the failure in its own words
-    key = (parse, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (parse, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key in _views:
         _views.move_to_end(key)
         return _views[key]   # type: ignore[return-value]

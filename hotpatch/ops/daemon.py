@@ -67,41 +67,69 @@ def uninstall(name: str, patch_dir: str, jobs: int, timeout: float) -> dict:
 
 class Installed:
     """The installed patches that verify, each read, verified and parsed once while it, its signature and
-    the trust file stay the same files (a change of any is seen at the next pass: checked again)."""
+    the trust file (and its directory) stay the same files, and for at most REVERIFY seconds (a key of the
+    trust file may expire: valid-before); a change of any is seen at the next pass, and checked again."""
+
+    REVERIFY = 60.0
 
     def __init__(self, patch_dir: str, trust: str | None):
         self.patch_dir, self.trust = patch_dir, trust
-        self._seen: dict[str, tuple[tuple, LoadedPatch | None]] = {}
+        self._seen: dict[str, tuple[tuple, float, LoadedPatch | None]] = {}
+        self._refused: str | None = None
 
     def current(self) -> list[LoadedPatch]:
-        out, seen = [], {}
+        trust = trust_file(self.trust)
+        try:
+            if os.path.lexists(trust):   # a missing one: each patch is refused, saying so (load)
+                check_trust_path(trust)   # each pass: a trust file made unsafe since stops everything
+        except (HotpatchError, OSError) as e:
+            why = e.line() if isinstance(e, HotpatchError) else f"{trust}: {e.strerror}"
+            if why != self._refused:   # said once, not every pass
+                log(f"every patch skipped: {why}")
+            self._refused, self._seen = why, {}
+            return []
+        self._refused = None
+        out, seen, now = [], {}, time.monotonic()
         for name in sorted(os.listdir(self.patch_dir)):
             path = os.path.join(self.patch_dir, name)
             if name.endswith(".sig") or name.startswith(".") or not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
-            key = tuple(_identity(p) for p in (path, path + ".sig", trust_file(self.trust)))
+            key = self.identity(path)
             known = self._seen.get(path)
-            if known is not None and known[0] == key:
-                loaded = known[1]
+            if known is not None and known[0] == key and now - known[1] < self.REVERIFY:
+                seen[path] = known
             else:
                 try:
-                    loaded = load(path, self.trust, required=True)
+                    seen[path] = (key, now, load(path, self.trust, required=True))
                 except HotpatchError as e:
-                    loaded = None
-                    log(f"skipped {name}: {e.line()}")
-            seen[path] = (key, loaded)
-            if loaded is not None:
-                out.append(loaded)
+                    seen[path] = (key, now, None)
+                    if known is None or known[0] != key or known[2] is not None:
+                        log(f"skipped {name}: {e.line()}")
+            if seen[path][2] is not None:
+                out.append(seen[path][2])
         self._seen = seen
         return out
+
+    def identity(self, path: str) -> tuple:
+        """What must stay the same for a patch verified before to stand: the patch, its signature, the
+        trust file and its directory (each as a link and as what it leads to)."""
+        trust = trust_file(self.trust)
+        return tuple(_identity(p) for p in (path, path + ".sig", trust, os.path.dirname(trust) or "."))
+
+    def still(self, loaded: LoadedPatch) -> bool:
+        """The patch is still installed as it was verified (uninstall removes it: no process is patched
+        with it after that, even in the pass under way)."""
+        known = self._seen.get(loaded.path)
+        return known is not None and known[2] is loaded and self.identity(loaded.path) == known[0]
 
 
 def _identity(path: str) -> tuple | None:
     try:
-        st = os.stat(path)
+        lst, st = os.lstat(path), os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid
+    return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_mode, s.st_uid, s.st_gid)
+                 for s in (lst, st))
 
 
 def log(line: str) -> None:
@@ -152,6 +180,8 @@ def run(patch_dir: str, trust: str | None, interval: float, timeout: float, once
                 key = (pid, _started(pid) + path)
                 if key in done:
                     continue
+                if not patches.still(loaded):
+                    break   # uninstalled or changed meanwhile: the next pass decides
                 try:
                     report = apply_loaded(pid, loaded, timeout=timeout)
                     done[key] = "patched"

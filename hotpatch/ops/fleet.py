@@ -23,13 +23,14 @@ from hotpatch.elf.cfi import CallFrameTable
 from hotpatch.elf.dynamic import DynamicSymbols
 from hotpatch.elf.image import ElfImage
 from hotpatch.elf.needed import soname_and_needed
-from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy
+from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy, ProcessGone
 from hotpatch.live import hostkey, records
 from hotpatch.ops.apply import apply_loaded, load  # the workers' work, imported before they fork
 from hotpatch.ops.revert import revert
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
 from hotpatch.process.modules import loaded_modules, module_file
+from hotpatch.process.remote import FAULT_SIGNALS
 from hotpatch.steps import requested
 
 ELF_MAGIC = b"\x7fELF"
@@ -157,6 +158,7 @@ class _Worker:
     tasks: int           # write end: a target pid per line
     current: int | None  # the target it works on
     pending: bytes       # a result line not complete yet
+    closed: bool = False   # it takes no more work (it exited)
 
 
 def _run_workers(pids: list[int], jobs: int, work, done: str, progress: Progress | None = None) -> dict:
@@ -173,7 +175,7 @@ def _run_workers(pids: list[int], jobs: int, work, done: str, progress: Progress
     results: dict[int, dict] = {}
     pending = list(pids)
     workers: dict[int, _Worker] = {}   # result read end -> worker
-    relayed = False
+    relayed, started = False, 0
     if progress is not None:
         progress.start(len(pids))
 
@@ -196,13 +198,27 @@ def _run_workers(pids: list[int], jobs: int, work, done: str, progress: Progress
                 pending.clear()
                 for w in under_way:
                     _signal(w.child, signal.SIGTERM)
-            while pending and len(workers) < max(jobs, 1):
+            idle = [w for w in workers.values() if w.current is None and not w.closed]
+            while len(pending) > len(idle) and len(workers) < max(jobs, 1) and started < len(pids) + jobs:
                 fd, worker = _start_worker(workers, work, done)
                 workers[fd] = worker
-            for w in workers.values():
-                if w.current is None and pending:
-                    w.current = pending.pop(0)
-                    _write_all(w.tasks, f"{w.current}\n".encode())
+                idle.append(worker)
+                started += 1
+            if pending and not idle and not workers:   # every worker died before taking a process
+                for pid in pending:
+                    finish({"pid": pid, "outcome": "failed", "message": "no worker could be started for it"})
+                pending.clear()
+            for w in idle:
+                if not pending or requested() is not None:
+                    break
+                pid = pending.pop(0)
+                try:
+                    _write_all(w.tasks, f"{pid}\n".encode())
+                except OSError:   # it has exited (its end of file is read below): the process goes to another
+                    pending.insert(0, pid)
+                    w.closed = True
+                    continue
+                w.current = pid
             ready, _, _ = select.select(list(workers), [], [], 0.5)
             for fd in ready:
                 w = workers[fd]
@@ -274,21 +290,32 @@ def _outcome(pid: int, work, done: str) -> dict:
     except PatchMismatch as e:
         outcome = "already patched" if "already applied" in e.message else "failed"
         return {"pid": pid, "outcome": outcome, "message": e.line()}
-    except HotpatchError as e:
-        if not _running(pid):   # it exited meanwhile: no code of it is left to patch
+    except ProcessGone as e:
+        ended = _ended(pid)
+        if ended == "exited":   # it exited meanwhile: no code of it is left to patch
             return {"pid": pid, "outcome": "exited", "message": e.line()}
+        message = f"{e.line()} ({ended} during its transaction)" if ended else e.line()
+        return {"pid": pid, "outcome": "failed", "message": message, "exit_code": e.exit_code}
+    except HotpatchError as e:   # an undo that failed included, whatever became of the process
         return {"pid": pid, "outcome": "failed", "message": e.line(), "exit_code": e.exit_code}
     except Exception as e:   # a bug on one process: reported, the others go on
         return {"pid": pid, "outcome": "failed", "message": f"internal error: {type(e).__name__}: {e}"}
 
 
-def _running(pid: int) -> bool:
-    """Not gone and not a zombie (a process that exited, its parent not told yet)."""
+def _ended(pid: int) -> str | None:
+    """None while the process runs; "exited" when it is gone, or a zombie that exited or was killed;
+    "died of SIGSEGV" (or another fault signal) when that is what ended it: that is no ordinary exit."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+            fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return "exited"   # reaped already: how it ended is not known here
+    if not fields or fields[0] not in (b"Z", b"X"):
+        return None
+    status = int(fields[49]) if len(fields) > 49 else 0   # exit_code (field 52): its wait status
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULT_SIGNALS:
+        return f"died of {signal.Signals(os.WTERMSIG(status)).name}"
+    return "exited"
 
 
 def _notice(line: str) -> None:

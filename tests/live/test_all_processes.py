@@ -232,3 +232,34 @@ def test_worker_killed(build, spawn):
     assert r.returncode == 0, r.stderr
     assert "[anon:hotpatch" not in ts[0].maps() and ts[0].status("TracerPid") == "0"
     assert hotpatch(str(ts[0].pid), build(FIX)).returncode == 0 and ts[0].ask("compute 5") == "51"
+
+
+def test_how_a_process_ended():
+    """A process gone during its transaction counts as done only if it exited or was killed; one that died
+    of a fault signal (possibly of our doing) is a failure. Read from a real zombie's exit status."""
+    import resource
+
+    from hotpatch.ops.fleet import _ended
+    children = {}
+    for how in ("exit", "kill", "segv"):
+        pid = os.fork()
+        if pid == 0:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if how == "segv":
+                signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(3)
+        children[how] = pid
+    try:
+        for pid in children.values():   # each a zombie now (not reaped yet): its exit status is readable
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        assert _ended(children["exit"]) == "exited"
+        assert _ended(children["kill"]) == "exited"
+        assert _ended(children["segv"]) == "died of SIGSEGV"
+        assert _ended(os.getpid()) is None
+    finally:
+        for pid in children.values():
+            os.waitpid(pid, 0)
+    assert _ended(children["exit"]) == "exited"   # reaped: gone

@@ -107,3 +107,66 @@ def test_library_dlopened_later_and_a_restart(build, spawn, tmp_path, signed):
     listed = hotpatch("list", str(t.pid), "--json")
     assert listed.stdout.count('"patch": "plugin.hp"') == 1, listed.stdout   # not applied twice
     assert t.ask("score 3") == "1006" and t.status("TracerPid") == "0"
+
+
+def test_trust_made_unsafe_and_a_patch_changed(build, spawn, tmp_path, signed):
+    """The daemon keeps each patch verified while its files stay the same, but a trust directory made
+    writable by others stops every patch at the next pass, and a patch file changed after it was signed is
+    refused (not the bytes verified earlier applied under its name)."""
+    patch, trust = signed
+    patch_dir = str(tmp_path / "patches")
+    assert hotpatch("install", patch, "--patch-dir", patch_dir, "--trust", trust).returncode == 0
+    t = spawn(build(TARGET))
+    once = [sys.executable, "-m", "hotpatch", "daemon", "--patch-dir", patch_dir, "--trust", trust, "--once"]
+    etc = os.path.dirname(trust)
+    os.chmod(etc, 0o757)
+    try:
+        r = subprocess.run(once, cwd=ROOT, capture_output=True, text=True, timeout=60 * TIME_SCALE)
+    finally:
+        os.chmod(etc, 0o755)
+    assert r.returncode == 0 and "every patch skipped" in r.stderr and "writable by others" in r.stderr, r.stderr
+    assert t.ask("compute 5") == "11"
+    installed = os.path.join(patch_dir, "fix.hp")
+    with open(installed, "r+b") as f:   # one byte of the installed patch changed after signing
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    r = subprocess.run(once, cwd=ROOT, capture_output=True, text=True, timeout=60 * TIME_SCALE)
+    assert r.returncode == 0 and "skipped fix.hp" in r.stderr and "does not verify" in r.stderr, r.stderr
+    assert t.ask("compute 5") == "11"
+    shutil.copy(patch, installed)   # the signed bytes again
+    r = subprocess.run(once, cwd=ROOT, capture_output=True, text=True, timeout=60 * TIME_SCALE)
+    assert r.returncode == 0 and f"patched process {t.pid}" in r.stderr, r.stderr
+    assert t.ask("compute 5") == "51"
+
+
+def test_installed_patches_kept_while_the_same(tmp_path, signed, capsys):
+    """The daemon's view of its patch directory: a patch read and verified once is kept while its files,
+    its signature and the trust file stay the same; a change to any is checked again, and a patch changed
+    or removed is no longer applied, even in the pass under way (Installed.still)."""
+    from hotpatch.ops.daemon import Installed
+    patch, trust = signed
+    patch_dir = tmp_path / "patches"
+    patch_dir.mkdir(mode=0o755)
+    shutil.copy(patch, patch_dir / "fix.hp")
+    shutil.copy(patch + ".sig", patch_dir / "fix.hp.sig")
+    installed = Installed(str(patch_dir), trust)
+    first = installed.current()
+    assert [p.path for p in first] == [str(patch_dir / "fix.hp")] and first[0].signer == "admin"
+    assert installed.current()[0] is first[0] and installed.still(first[0])   # kept, not verified again
+    data = (patch_dir / "fix.hp").read_bytes()
+    (patch_dir / "fix.hp").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert not installed.still(first[0])
+    assert installed.current() == [] and "does not verify" in capsys.readouterr().err
+    (patch_dir / "fix.hp").write_bytes(data)
+    again = installed.current()
+    assert len(again) == 1 and again[0] is not first[0]
+    os.chmod(os.path.dirname(trust), 0o757)   # the trust file's directory writable by others
+    try:
+        assert installed.current() == [] and "writable by others" in capsys.readouterr().err
+    finally:
+        os.chmod(os.path.dirname(trust), 0o755)
+    assert len(installed.current()) == 1
+    os.remove(patch_dir / "fix.hp")   # uninstall
+    assert not installed.still(again[0]) and installed.current() == []
