@@ -29,7 +29,7 @@ from hotpatch.live import records
 from hotpatch.live.records import PatchRecord
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import MapIndex
-from hotpatch.process.modules import LoadedModules, ProcessSymbols, module_file
+from hotpatch.process.modules import LoadedModules, module_file
 from hotpatch.safety.activeness import GuardedRange, RangeSet, find_busy
 
 REGISTER, DEREGISTER = "__register_frame_info", "__deregister_frame_info"
@@ -59,7 +59,7 @@ class Unwinder:
 
 def find_unwinder(proc: Process, loaded: LoadedModules) -> Unwinder | None:
     """libgcc's registration functions as the process binds them; None when it has no unwinder loaded."""
-    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    symbols = loaded.symbols(proc.pid, proc.mem, proc.arch.got_reloc_types)
     register, deregister = symbols.resolve(REGISTER), symbols.resolve(DEREGISTER)
     if register is None or deregister is None:
         return None

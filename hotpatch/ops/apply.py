@@ -24,7 +24,7 @@ from hotpatch.live.unwinding import Stacks
 from hotpatch.ops.settle import settle, view
 from hotpatch.ops.trust import verify
 from hotpatch.process.attach import Process, attach
-from hotpatch.process.modules import LoadedModules, Module, ProcessSymbols
+from hotpatch.process.modules import LoadedModules, Module
 from hotpatch.steps import Steps, check_interrupted
 
 
@@ -221,7 +221,7 @@ def verify_ifuncs(proc: Process, module: Module, loaded: LoadedModules, meta: pa
     """A replaced IFUNC: the implementation the patch replaces must be the one this process uses."""
     if not meta.ifuncs:
         return
-    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    symbols = loaded.symbols(proc.pid, proc.mem, proc.arch.got_reloc_types)
     for fn in meta.replace:
         if fn.name in meta.ifuncs:
             used = symbols.bound_ifunc(fn.name, module)
@@ -234,7 +234,7 @@ def verify_ifuncs(proc: Process, module: Module, loaded: LoadedModules, meta: pa
 def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta,
                     names: list[str]) -> dict[str, int | None]:
     """Each undefined name of the patch: the binary's own symbol recorded at build, else the loaded libraries'."""
-    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    symbols = loaded.symbols(proc.pid, proc.mem, proc.arch.got_reloc_types)
     resolved: dict[str, int | None] = {}
     for name in names:
         own = meta.target_symbols.get(name)
@@ -248,7 +248,7 @@ def resolve_symbols(proc: Process, module: Module, loaded: LoadedModules, meta: 
 def tls_resolver(proc: Process, module: Module, loaded: LoadedModules, meta: patchfile.PatchMeta):
     """The pair (tls_index or descriptor) of each thread-local variable the patch uses: the binary's own
     (recorded at build) in the patched module, else the first module in scope that defines it."""
-    symbols = ProcessSymbols(proc.pid, loaded.modules, proc.mem, proc.arch.got_reloc_types)
+    symbols = loaded.symbols(proc.pid, proc.mem, proc.arch.got_reloc_types)
     cache: dict[str, tuple[int, int]] = {}
 
     def resolve(name: str) -> tuple[int, int]:

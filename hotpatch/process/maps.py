@@ -4,6 +4,7 @@ import bisect
 from dataclasses import dataclass
 
 from hotpatch.errors import ProcessGone, TraceError
+from hotpatch.process import procfs
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ def parse_maps(text: str) -> list[Mapping]:
 
 def read_maps(pid: int) -> list[Mapping]:
     try:
-        with open(f"/proc/{pid}/maps") as f:
-            return parse_maps(f.read())
+        return parse_maps(procfs.read(f"/proc/{pid}/maps").decode(errors="surrogateescape"))
     except FileNotFoundError as e:
         raise ProcessGone(f"process {pid} does not exist") from e
     except PermissionError as e:

@@ -1,7 +1,7 @@
 """The modules a process has loaded, and resolving names in them the way ld.so would."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hotpatch.elf import filecache
 from hotpatch.elf.dynamic import DynamicSymbols
@@ -33,6 +33,14 @@ class LoadedModules:
     modules: list[Module]            # the main executable first, then in the loader's order (linkmap.py)
     unreadable: dict[str, str]       # path: why its ELF headers could not be read
     in_link_map: bool = False        # that order is the loader's own (else address order)
+    _symbols: "ProcessSymbols | None" = field(default=None, repr=False, compare=False)
+
+    def symbols(self, pid: int, mem: Memory, got_reloc_types: set[int]) -> "ProcessSymbols":
+        """Names resolved in these modules: one lookup shared by every step of an operation, its
+        symbol tables and scope worked out once."""
+        if self._symbols is None:
+            self._symbols = ProcessSymbols(pid, self.modules, mem, got_reloc_types)
+        return self._symbols
 
 
 def loaded_modules(pid: int, maps: list[Mapping], mem: Memory) -> LoadedModules:

@@ -14,6 +14,7 @@ import time
 from ptrace.binding.func import _ptrace as _libc_ptrace  # python-ptrace's raw ctypes binding
 
 from hotpatch.errors import ThreadGone, TraceError
+from hotpatch.process import procfs
 
 PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
@@ -103,8 +104,7 @@ def status_field(pid: int, name: str) -> str | None:
 def status_fields(pid: int) -> dict[str, str] | None:
     """Every field of /proc/PID/status, read at once; None when it cannot be read (no such process)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            text = f.read()
+        text = procfs.read(f"/proc/{pid}/status").decode(errors="replace")
     except OSError:
         return None
     return {name: value.strip() for name, _, value in (line.partition(":") for line in text.splitlines())}
@@ -113,8 +113,7 @@ def status_fields(pid: int) -> dict[str, str] | None:
 def deliverable_signals(pid: int, tid: int) -> int:
     """The signals pending for thread `tid` (its own or its process's) that it does not block: a mask."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
-            text = f.read()
+        text = procfs.read(f"/proc/{pid}/task/{tid}/status")
         # Runs on every remote call: three fields found by name, not the whole file split
         pending, shared, blocked = (_hex_field(text, name) for name in (b"\nSigPnd:", b"\nShdPnd:", b"\nSigBlk:"))
     except (OSError, ValueError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hotpatch.errors import ProcessGone, ThreadGone, TraceError
-from hotpatch.process import perfbp
+from hotpatch.process import perfbp, procfs
 from hotpatch.process import ptrace as P
 
 RUNNING, STOPPED = "running", "stopped"
@@ -60,8 +60,7 @@ def stat_after_comm(path: str) -> bytes | None:
     """A /proc .../stat line from field 3 on (the command name, field 2, may hold spaces and
     parentheses); None if it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            stat = f.read()
+        stat = procfs.read(path)
     except OSError:
         return None
     return stat[stat.rindex(b")") + 2:]
@@ -78,8 +77,7 @@ def running_threads(pid: int, tids) -> set[int]:
     running = set()
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                stat = f.read()
+            stat = procfs.read(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue
         if stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R":
