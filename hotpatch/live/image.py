@@ -54,6 +54,11 @@ def map_image(proc: Process, plan: LayoutPlan, addresses: list[int], record_id: 
     process/parking.py): a run killed at any instant leaves no image the next
     run cannot find.
     """
+    with proc.syscall_thread_held():
+        return _map_image(proc, plan, addresses, record_id, name_vmas)
+
+
+def _map_image(proc: Process, plan: LayoutPlan, addresses: list[int], record_id: int, name_vmas: bool) -> int:
     flags = MAP_PRIVATE | MAP_ANONYMOUS
     header = records.pending_header(record_id, plan.size)
 

@@ -5,6 +5,7 @@ constructor only stores. Callers stop, inspect, change and release the
 process through Process's methods, never through its parts.
 """
 
+import contextlib
 import ctypes
 import os
 
@@ -282,6 +283,20 @@ class Process:
         if not tracees:
             raise ProcessGone(f"no thread of process {self.pid} is left to make a system call")
         return next(iter(tracees))
+
+    @contextlib.contextmanager
+    def syscall_thread_held(self):
+        """Several remote system calls in a row: the thread they run on stopped once for all of them,
+        not stopped and resumed around each (each of those is a round trip through the kernel)."""
+        tid = self.syscall_thread()
+        if tid in self.threads.stopped_tids(usable_only=False):
+            yield
+            return
+        self.threads.stop_thread(tid)
+        try:
+            yield
+        finally:
+            self.threads.resume_thread(tid)
 
     def syscall(self, name: str, *args: int, mark=None) -> int:
         """One remote syscall on a stopped thread (stopping one if none is), checked; see
