@@ -26,7 +26,9 @@ from hotpatch.safety.activeness import Snapshot
 MAX_STACK_SCAN = 16 << 20
 
 
-def check_pid(pid: int) -> None:
+def check_pid(pid: int) -> dict[str, str]:
+    """Refuse what cannot be patched (no such process, a thread, a zombie, a kernel thread, frozen); the
+    process's /proc status fields, as read for that."""
     if pid <= 0:
         raise ProcessGone(f"{pid} is not a process id")
     status = P.status_fields(pid)
@@ -50,6 +52,7 @@ def check_pid(pid: int) -> None:
         directory, how = frozen
         raise TraceError(f"process {pid} is {how} by the cgroup v2 freezer ({directory}); nothing was done",
                          f"thaw it (echo 0 > {directory}/cgroup.freeze) and retry")
+    return status
 
 
 def _tasks(pid: int) -> list[int]:
@@ -59,9 +62,10 @@ def _tasks(pid: int) -> list[int]:
         return []
 
 
-def check_seccomp_strict(pid: int) -> None:
-    """Strict mode forbids everything; a filter is judged once seized (live/sandbox.py)."""
-    if P.status_field(pid, "Seccomp") == "1":
+def check_seccomp_strict(pid: int, status: dict[str, str] | None = None) -> None:
+    """Strict mode forbids everything; a filter is judged once seized (live/sandbox.py). `status`: the
+    process's /proc status, read just before."""
+    if (status.get("Seccomp") if status is not None else P.status_field(pid, "Seccomp")) == "1":
         raise TraceError(f"process {pid} runs in seccomp strict mode, which forbids mmap",
                          "it cannot be patched live")
 
@@ -83,8 +87,7 @@ def attach(pid: int, arch: Arch, abort_check=None) -> "Process":
     abort_check() raises to abandon a wait on the kernel (a termination
     request); waits marked uninterruptible() ignore it.
     """
-    check_pid(pid)
-    check_seccomp_strict(pid)
+    check_seccomp_strict(pid, check_pid(pid))
     waiter = P.Waiter(abort_check)
     threads = ThreadGroup(pid, waiter, arch.regs_type, arch.thread_view)
     proc = Process(pid, arch, waiter, threads)

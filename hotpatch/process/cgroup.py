@@ -8,31 +8,33 @@ frozen process (or one being frozen) is refused before it is touched.
 
 import os
 
+from hotpatch.process import procfs
+
 CGROUP2 = "cgroup2"
 
 
 def cgroup2_mount() -> str | None:
     """Where the cgroup v2 hierarchy is mounted in hotpatch's own namespace (/sys/fs/cgroup or .../unified)."""
     try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == CGROUP2:
-                    return parts[1]
+        text = procfs.read("/proc/self/mounts").decode(errors="surrogateescape")
     except OSError:
         return None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == CGROUP2:
+            return parts[1]
     return None
 
 
 def v2_path(pid: int) -> str | None:
     """The process's cgroup v2 path ("0::/path" in /proc/PID/cgroup)."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
+        text = procfs.read(f"/proc/{pid}/cgroup").decode(errors="surrogateescape")
     except OSError:
         return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip()
     return None
 
 

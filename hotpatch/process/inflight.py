@@ -70,8 +70,7 @@ def make(pid: int) -> str | None:
     path = os.path.join(directory(), f"{key}.{os.getpid()}")
     try:
         os.makedirs(directory(), mode=0o700, exist_ok=True)
-        with open(path, "w"):
-            pass
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
     except OSError:
         return None   # nowhere to keep it: the next run only finds what a directory it can read says
     return path
