@@ -290,14 +290,18 @@ class Process:
     @contextlib.contextmanager
     def syscall_thread_held(self):
         """Several remote system calls in a row: the thread they run on stopped once for all of them,
-        not stopped and resumed around each (each of those is a round trip through the kernel)."""
+        not stopped and resumed around each, and kept in the system call gadget from one to the next
+        (RemoteSyscalls.held): each of those is a round trip through the kernel and the scheduler."""
+        remote = self.remote()
         tid = self.syscall_thread()
         if tid in self.threads.stopped_tids(usable_only=False):
-            yield
+            with remote.held(tid):
+                yield
             return
         self.threads.stop_thread(tid)
         try:
-            yield
+            with remote.held(tid):
+                yield
         finally:
             self.threads.resume_thread(tid)
 

@@ -13,6 +13,7 @@ process (never seen on x86-64 or AArch64 glibc) the instruction is
 single-stepped, as before.
 """
 
+import contextlib
 import os
 import signal
 import time
@@ -92,6 +93,16 @@ def find_parking(arch: Arch, maps: list[Mapping], mem: Memory) -> Parking | None
     return Parking(gadget, park) if park is not None else None
 
 
+@dataclass
+class _Held:
+    """A thread lent for several system calls in a row (RemoteSyscalls.held)."""
+    tid: int
+    own: list                 # [its own registers]: what they are after a signal it took meanwhile
+    was_group_stop: bool
+    at_exit: bool = False     # stopped at the exit of the last call, on borrowed registers
+    stepped: bool = False     # no room for the journal: each call single-stepped
+
+
 class RemoteSyscalls:
     """System calls (and, for frame registration only, function calls) made by a stopped thread."""
 
@@ -101,6 +112,7 @@ class RemoteSyscalls:
         self.parking = parking
         self.count = 0
         self.left_parked: set[tuple[int, bool]] = set()   # (thread, parked) whose registers could not be restored
+        self._held: _Held | None = None
 
     @property
     def call_site(self) -> int:
@@ -117,8 +129,74 @@ class RemoteSyscalls:
         with self.threads.waiter.uninterruptible():
             return self._call(tid, name, *args, mark=mark)
 
+    @contextlib.contextmanager
+    def held(self, tid: int):
+        """System calls on stopped thread `tid` in a row: between two, it waits at the exit of the last one
+        (still in the parking gadget, its journal on its stack: what a tracer's death leaves there is what
+        it leaves during any call), set up for the next one there, rather than brought back to its own
+        registers and stopped again (a round trip through the kernel and the scheduler each). Brought
+        back when the block ends, whatever ends it. Without a parking gadget, each call as usual."""
+        if self.parking is None or self.mem is None or self._held is not None:
+            yield
+            return
+        threads = self.threads
+        with threads.waiter.uninterruptible():
+            try:
+                threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
+                own = [P.get_regs(tid, self.arch.regs_type)]
+            except ThreadGone as e:
+                raise ProcessGone(f"thread {tid} exited before a remote system call") from e
+            held = self._held = _Held(tid, own, threads.tracees[tid].group_stop)
+            try:
+                with threads.stepping(tid):
+                    try:
+                        yield
+                    finally:
+                        self._held = None
+                        self._give_back(held)
+            except ThreadGone as e:
+                raise ProcessGone(f"thread {tid} exited after a remote system call") from e
+
+    def _give_back(self, held: _Held) -> None:
+        """The end of a held block: the thread out of the last call, on its own registers."""
+        if not held.at_exit:
+            self._restore(held.tid, held.own[0], parked=not held.stepped)
+            return
+        held.at_exit = False
+        try:
+            self._parked_return(held.tid, held.own, time.monotonic() + self.threads.stop_timeout,
+                                held.was_group_stop)
+        except BaseException:
+            self._restore(held.tid, held.own[0], parked=True)
+            raise
+
+    def _held_call(self, held: _Held, name: str, nr: int, args6: list[int],
+                   mark: Callable[[int], None] | None) -> int:
+        tid, deadline = held.tid, time.monotonic() + self.threads.stop_timeout
+        try:
+            if not held.stepped:
+                held.at_exit = False   # until this call is back at its exit, nothing is known of where it is
+                result = self._parked_call(tid, nr, args6, held.own, deadline)
+                if result is not None:
+                    held.at_exit = True
+                    if mark is not None:
+                        mark(result)
+                    self.count += 1
+                    return result
+                held.stepped = True   # no room for the journal on its stack (nothing was changed)
+            result = self._stepped(tid, nr, args6, held.own, deadline)
+            if mark is not None:
+                mark(result)
+            self.count += 1
+            return result
+        except ThreadGone as e:
+            raise ProcessGone(f"thread {tid} exited during a remote {name}") from e
+
     def _call(self, tid: int, name: str, *args: int, mark: Callable[[int], None] | None = None) -> int:
         arch, threads = self.arch, self.threads
+        held = self._held
+        if held is not None and held.tid == tid:
+            return self._held_call(held, name, arch.syscall_numbers[name], (list(args) + [0] * 6)[:6], mark)
         try:
             threads.leave_clone(tid, time.monotonic() + threads.stop_timeout)
             saved = P.get_regs(tid, arch.regs_type)
@@ -148,10 +226,22 @@ class RemoteSyscalls:
                 mark: Callable[[int], None] | None) -> int | None:
         """The system call on the parking gadget; None when the journal has no room on the thread's
         stack (nothing was changed then). Leaves the thread in an interrupt stop, registers restored."""
+        was_group_stop = self.threads.tracees[tid].group_stop
+        result = self._parked_call(tid, nr, args6, own, deadline)
+        if result is None:
+            return None
+        if mark is not None:
+            mark(result)
+        self._parked_return(tid, own, deadline, was_group_stop)
+        return result
+
+    def _parked_call(self, tid: int, nr: int, args6: list[int], own: list, deadline: float) -> int | None:
+        """Set up and run to its exit the system call on the parking gadget; None when the journal has
+        no room on the thread's stack (nothing was changed then). The thread stays at the exit: from
+        there the next call is set up, or _parked_return brings it back."""
         arch, threads, mem, parked = self.arch, self.threads, self.mem, self.parking
         assert mem is not None and parked is not None
         saved = own[0]
-        was_group_stop = threads.tracees[tid].group_stop
         result = None
         while result is None:
             journal = parking.encode(parking.Journal(tid, nr, tuple(args6), parked.gadget, parked.park,
@@ -177,16 +267,21 @@ class RemoteSyscalls:
                     continue
                 if event:
                     continue   # an interrupt or group-stop before the call: on to it
-                # A signal before the call: delivered on the thread's own registers,
-                # then the call is set up again on what they are after it.
+                # A signal before the call (one pending at the exit of the call before, too):
+                # delivered on the thread's own registers, then the call is set up again on
+                # what they are after it.
                 P.set_regs(tid, saved)
                 threads.deliver_signal(tid, sig)
                 saved = own[0] = P.get_regs(tid, arch.regs_type)
                 break
-        if mark is not None:
-            mark(result)
-        # Back to a stop outside the call, before the return runs: a signal the call
-        # raised (a seccomp kill's SIGSYS) is delivered first, else an interrupt stops it.
+        return result
+
+    def _parked_return(self, tid: int, own: list, deadline: float, was_group_stop: bool) -> None:
+        """From the exit of a parked call back to a stop outside it, on the thread's own registers."""
+        arch, threads = self.arch, self.threads
+        saved = own[0]
+        # Before the return runs: a signal the call raised (a seccomp kill's SIGSYS) is
+        # delivered first, else an interrupt stops it.
         pending = P.deliverable_signals(threads.pid, tid)
         status = threads.interrupt_stop(tid, deadline, interrupt=not pending)
         if status >> 16 == P.PTRACE_EVENT_STOP:
@@ -196,7 +291,6 @@ class RemoteSyscalls:
             P.set_regs(tid, saved)
             threads.deliver_signal(tid, os.WSTOPSIG(status))
             own[0] = P.get_regs(tid, arch.regs_type)
-        return result
 
     def _stepped(self, tid: int, nr: int, args6: list[int], own: list, deadline: float) -> int:
         """The system call single-stepped on any syscall instruction (no parking gadget)."""

@@ -77,3 +77,58 @@ def test_tracer_killed_during_a_remote_syscall(build, spawn, point):
     while not t.status("State").startswith("S"):   # back to blocking on stdin, not spinning in the loop
         assert time.monotonic() < deadline, t.status("State")
         time.sleep(0.01)
+
+
+# Two calls in a row on a held thread (as an image is mapped, then protected): between them it waits at
+# the exit of the first, in the parking gadget. Dies of SIGKILL there ("between"), or once the second
+# is set up on it ("next-hijacked").
+HELD_TRACER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from hotpatch.live import records
+from hotpatch.process.attach import attach, process_arch
+from hotpatch.process.threads import ThreadGroup
+pid, point = int(sys.argv[1]), sys.argv[2]
+proc = attach(pid, process_arch(pid))
+assert proc.remote().parking is not None, "no parking gadget found"
+page, calls = proc.page_size, []
+to_stop = ThreadGroup.syscall_stop
+def syscall_stop(self, tid, deadline):
+    if point == "next-hijacked" and len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return to_stop(self, tid, deadline)
+ThreadGroup.syscall_stop = syscall_stop
+with proc.syscall_thread_held():
+    base = proc.syscall("mmap", 0, page, 5, 0x22, (1 << 64) - 1, 0,
+                        mark=lambda got: proc.mem.write(got, records.pending_header(1, page)))
+    calls.append(base)
+    if point == "between":
+        os.kill(os.getpid(), signal.SIGKILL)
+    proc.syscall("mprotect", base, page, 1)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("point", ("between", "next-hijacked"))
+def test_tracer_killed_between_two_calls_on_a_held_thread(build, spawn, point):
+    t = spawn(build(TARGET))
+    before = mappings(t.pid)
+    tracer = subprocess.run([sys.executable, "-c", HELD_TRACER, str(t.pid), point, ROOT],
+                            capture_output=True, text=True, timeout=60)
+    assert tracer.returncode == -9, tracer.stdout + tracer.stderr
+    assert marks(t.pid)
+    deadline = time.monotonic() + 10 * TIME_SCALE
+    while t.status("State").startswith("S"):    # released, it returns into the parking loop and spins
+        assert time.monotonic() < deadline, "the released thread is not parked"
+        time.sleep(0.01)
+    assert mappings(t.pid) != before            # the first call's page, marked pending
+    r = hotpatch("gc", str(t.pid))
+    assert r.returncode == 0, r.stderr
+    assert "registers are restored" in r.stderr and "unfilled image" in r.stderr, r.stderr
+    assert mappings(t.pid) == before            # the page the first call mapped is gone too
+    assert not marks(t.pid)
+    assert t.ask("compute 5") == "11"
+    deadline = time.monotonic() + 10 * TIME_SCALE
+    while not t.status("State").startswith("S"):
+        assert time.monotonic() < deadline, t.status("State")
+        time.sleep(0.01)
