@@ -13,8 +13,17 @@ from hotpatch.process import procfs
 CGROUP2 = "cgroup2"
 
 
+# Where it was found: a cgroup v2 mount's root has cgroup.controllers, and hotpatch's own mount
+# namespace does not change under it, so a stat tells the mount is still there (one per apply, where
+# reading /proc/self/mounts is a few dozen lines to parse).
+_found: str | None = None
+
+
 def cgroup2_mount() -> str | None:
     """Where the cgroup v2 hierarchy is mounted in hotpatch's own namespace (/sys/fs/cgroup or .../unified)."""
+    global _found
+    if _found is not None and os.path.exists(os.path.join(_found, "cgroup.controllers")):
+        return _found
     try:
         text = procfs.read("/proc/self/mounts").decode(errors="surrogateescape")
     except OSError:
@@ -22,7 +31,8 @@ def cgroup2_mount() -> str | None:
     for line in text.splitlines():
         parts = line.split()
         if len(parts) > 2 and parts[2] == CGROUP2:
-            return parts[1]
+            _found = parts[1]
+            return _found
     return None
 
 
@@ -45,13 +55,12 @@ def freezer_state(pid: int) -> tuple[str, str] | None:
         return None
     directory = os.path.join(mount, path.lstrip("/"))
     try:
-        with open(os.path.join(directory, "cgroup.events")) as f:
-            events = dict(line.split(None, 1) for line in f if " " in line)
+        text = procfs.read(os.path.join(directory, "cgroup.events")).decode(errors="surrogateescape")
+        events = dict(line.split(None, 1) for line in text.splitlines() if " " in line)
         if events.get("frozen", "0").strip() == "1":
             return directory, "frozen"
-        with open(os.path.join(directory, "cgroup.freeze")) as f:
-            if f.read().strip() == "1":
-                return directory, "freezing"
+        if procfs.read(os.path.join(directory, "cgroup.freeze")).strip() == b"1":
+            return directory, "freezing"
     except (OSError, ValueError):
         return None   # the root cgroup has no cgroup.freeze; an unreadable one tells nothing
     return None

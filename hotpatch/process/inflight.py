@@ -69,8 +69,15 @@ def make(pid: int) -> str | None:
         return None
     path = os.path.join(directory(), f"{key}.{os.getpid()}")
     try:
-        os.makedirs(directory(), mode=0o700, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        try:
+            _create(path)
+        except FileNotFoundError:   # the first mark since boot (the directory is made only then)
+            os.makedirs(directory(), mode=0o700, exist_ok=True)
+            _create(path)
     except OSError:
         return None   # nowhere to keep it: the next run only finds what a directory it can read says
     return path
+
+
+def _create(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))

@@ -92,13 +92,16 @@ def permission_remedy(pid: int) -> str:
 
 def status_field(pid: int, name: str) -> str | None:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return line.split(":", 1)[1].strip()
+        text = procfs.read(f"/proc/{pid}/status")
     except OSError:
         return None
-    return None
+    key = b"\n" + name.encode() + b":"
+    at = 0 if text.startswith(key[1:]) else text.find(key)
+    if at < 0:
+        return None
+    start = text.index(b":", at) + 1
+    end = text.find(b"\n", start)
+    return text[start:end if end >= 0 else len(text)].decode(errors="replace").strip()
 
 
 def status_fields(pid: int) -> dict[str, str] | None:
