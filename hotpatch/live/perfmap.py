@@ -2,8 +2,9 @@
 
 One line per replacing function ("START SIZE NAME", hex), kept current after
 apply, revert and gc. /tmp is world-writable and hotpatch runs as root, so a
-file is only ever replaced whole by rename (never opened for writing, never
-followed if a link) and only if hotpatch wrote it: a regular file of ours
+file is only ever made where none is (O_EXCL, never following a link) or
+replaced whole by rename (an existing one is never opened for writing), and
+only if hotpatch wrote it: a regular file of ours
 whose first line is MARKER. Anything else there is left alone with a warning.
 """
 
@@ -62,10 +63,16 @@ def update(pid: int, records: list[PatchRecord]) -> str | None:
             if ours:
                 os.unlink(path)
             return None
+        text = lines_for(records).encode()
+        if ours is None:
+            try:   # none there: made in place (O_EXCL: nothing that appeared meanwhile is followed or reused)
+                _write_new(path, text)
+                return None
+            except FileExistsError:
+                return f"{path} appeared while hotpatch wrote it: left alone, perf may not name patch code"
         fd, tmp = tempfile.mkstemp(prefix=f".perf-{pid}.", suffix=".hotpatch", dir=PERF_MAP_DIR)
         try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, lines_for(records).encode())
+            _fill(fd, text)
         finally:
             os.close(fd)
         try:
@@ -76,3 +83,21 @@ def update(pid: int, records: list[PatchRecord]) -> str | None:
         return None
     except OSError as e:
         return f"cannot write {path}: {e.strerror}"
+
+
+def _write_new(path: str, text: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _fill(fd, text)
+    except OSError:
+        os.unlink(path)   # never a file without the marker: it would not be recognised as ours
+        raise
+    finally:
+        os.close(fd)
+
+
+def _fill(fd: int, text: bytes) -> None:
+    os.fchmod(fd, 0o644)   # perf, run by another user, reads it
+    view = memoryview(text)
+    while view:
+        view = view[os.write(fd, view):]

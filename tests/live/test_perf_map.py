@@ -22,6 +22,7 @@ def test_perf_map_follows_the_patches(build, spawn, tmp_path):
         report = json.loads(r.stdout)
         lines = open(path).read().splitlines()
         assert lines[0] == "0 0 [hotpatch]"
+        assert os.stat(path).st_mode & 0o777 == 0o644   # perf, run by another user, reads it
         entries = {line.split()[2]: (int(line.split()[0], 16), int(line.split()[1], 16)) for line in lines[1:]}
         assert set(entries) == {"compute", "fact", "version"}
         for f in report["functions"]:
