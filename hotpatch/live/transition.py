@@ -13,7 +13,7 @@ import time
 from hotpatch.errors import ProcessBusy
 from hotpatch.live.unwinding import WALK_BUDGET, Stacks, Survey
 from hotpatch.process.attach import Process
-from hotpatch.process.maps import MapIndex
+from hotpatch.process.maps import MapIndex, Mapping
 from hotpatch.safety.activeness import BusyThread, RangeSet, find_busy
 from hotpatch.steps import Steps
 
@@ -34,9 +34,13 @@ def check(proc: Process, maps: MapIndex, ranges: RangeSet, stacks: Stacks | None
     return stacks.find_busy(snapshot, ranges, budget) if stacks is not None else find_busy(snapshot, ranges)
 
 
-def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None = None) -> int:
+def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None = None,
+                   maps: list[Mapping] | None = None) -> int:
     """Return with every thread stopped and none inside `ranges`; the number of attempts.
 
+    `maps`: the process's maps as the caller read them (else they are read
+    here); they may predate the stop, as Process.snapshot allows: a thread
+    whose stack they do not show has them read again.
     Raises ProcessBusy (threads resumed) when a thread is still inside at
     the deadline, with its backtrace.
     """
@@ -44,15 +48,16 @@ def stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps
     # symbols) make a full collection long enough to show in the pause.
     gc.disable()
     try:
-        return _stop_when_safe(proc, ranges, timeout, steps, stacks)
+        return _stop_when_safe(proc, ranges, timeout, steps, stacks, maps)
     finally:
         gc.enable()
 
 
-def _stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None) -> int:
+def _stop_when_safe(proc: Process, ranges: RangeSet, timeout: float, steps: Steps, stacks: Stacks | None,
+                    read: list[Mapping] | None) -> int:
     deadline = time.monotonic() + timeout
     delay, attempts = FIRST_DELAY, 0
-    maps = MapIndex(proc.maps())
+    maps = MapIndex(read if read is not None else proc.maps())
     proc.prepare_snapshot()
     last, same = None, 0
     while True:

@@ -115,7 +115,7 @@ def _apply(proc: Process, tx: Transaction, loaded_patch: LoadedPatch, timeout: f
     guarded = trampolines.guarded_ranges(meta, module, applied)
     stacks = Stacks(proc, maps, loaded.modules, applied)
     if dry_run:
-        attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)
+        attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks, maps)
         return _report(proc, "dry-run", None, module, linked, tramps, attempts, steps, patch_path)
 
     record_id = max((r.id for r in found), default=0) + 1   # retired ones too
@@ -155,7 +155,7 @@ def _apply(proc: Process, tx: Transaction, loaded_patch: LoadedPatch, timeout: f
         registered.append(record)
         steps.mark("registered")
 
-    attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks)
+    attempts = transition.stop_when_safe(proc, guarded, timeout, steps, stacks, maps)
     trampolines.switch(tramps, proc.mem, tx, steps)
     tx.commit()   # the commit point: from here the patch stands, nothing below undoes it
     proc.detach_all()

@@ -93,7 +93,7 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
 
     journal(chosen, proc, reverting=True)   # a run killed from here on is completed by the next one
     try:
-        attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks)
+        attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks, maps)
         if under_kept(chosen, applied):   # out of order: each function to the newest version that stays
             apply_recomposed(recompose(chosen, applied, proc.mem), proc.mem, hostkey.load(), proc.pid, steps)
         else:
