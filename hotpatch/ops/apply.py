@@ -61,14 +61,16 @@ def load(patch_path: str, trust: str | None = None, required: bool = False) -> L
     return LoadedPatch(patch_path, patch, signer)
 
 
-def apply_loaded(pid: int, loaded: LoadedPatch, timeout: float = 10.0, dry_run: bool = False) -> dict:
+def apply_loaded(pid: int, loaded: LoadedPatch, timeout: float = 10.0, dry_run: bool = False,
+                 key: bytes | None = None) -> dict:
+    """Apply to process `pid`. `key`: the host key (read here if not given: a fleet run reads it once)."""
     steps = Steps("apply", pid)
     arch = get_arch(loaded.patch.meta.arch)
     steps.mark("parsed")
     proc = attach(pid, arch, abort_check=check_interrupted)
     tx = Transaction()
     try:
-        report = _apply(proc, tx, loaded, timeout, dry_run, steps)
+        report = _apply(proc, tx, loaded, timeout, dry_run, steps, key or hostkey.load(create=True))
         report["signed_by"] = loaded.signer
         return report
     except BaseException as e:
@@ -79,11 +81,10 @@ def apply_loaded(pid: int, loaded: LoadedPatch, timeout: float = 10.0, dry_run: 
 
 
 def _apply(proc: Process, tx: Transaction, loaded_patch: LoadedPatch, timeout: float, dry_run: bool,
-           steps: Steps) -> dict:
+           steps: Steps, key: bytes) -> dict:
     patch, patch_path = loaded_patch.patch, loaded_patch.path
     meta, arch = patch.meta, proc.arch
     policy = sandbox.check_process(proc)
-    key = hostkey.load(create=True)
     seen = view(proc, key)
     repaired = [] if dry_run else settle(proc, timeout, seen)
     if repaired:

@@ -27,6 +27,7 @@ from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy, ProcessGo
 from hotpatch.live import hostkey, records
 from hotpatch.ops.apply import apply_loaded, load  # the workers' work, imported before they fork
 from hotpatch.ops.revert import revert
+from hotpatch.process.attach import process_arch
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
 from hotpatch.process.modules import loaded_modules, module_file
@@ -107,8 +108,9 @@ def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | No
                if name is None or process_name(pid) == name]
     if targets:
         _prefetch(targets[0][0])
+    key = hostkey.load(create=True)   # read once for every process, not once each
     results = _run_workers([pid for pid, _ in targets], jobs,
-                           lambda pid: apply_loaded(pid, loaded, timeout=timeout), "patched", progress)
+                           lambda pid: apply_loaded(pid, loaded, timeout=timeout, key=key), "patched", progress)
     for pid, path in targets:
         results[pid]["binary"] = path
     return {"status": "done" if all(r["outcome"] in CARRY for r in results.values())
@@ -119,9 +121,11 @@ def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | No
 
 def _prefetch(pid: int) -> None:
     """Parse, before the workers fork, what each would parse on its first process: the dynamic symbols,
-    dynamic sections and call frame information of the modules `pid` maps (elf/filecache.py). Every worker
-    then starts warm. Read only; what fails here is left to the workers, which report it."""
+    dynamic sections and call frame information of the modules `pid` maps (elf/filecache.py), and import
+    its architecture's code. Every worker then starts warm. Read only; what fails here is left to the
+    workers, which report it."""
     try:
+        process_arch(pid)
         maps = read_maps(pid)
         mem = Memory(pid, writable=False)
     except HotpatchError:
@@ -361,6 +365,8 @@ def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None 
     carriers = {c["pid"]: c["id"] for c in status()["carried"]
                 if (sha is not None and c["sha256"] == sha) or c["patch"] == name}
     started = time.monotonic()
+    if carriers:
+        _prefetch(min(carriers))
     results = _run_workers(sorted(carriers), jobs,
                            lambda pid: revert(pid, carriers[pid], timeout=timeout), "reverted", progress)
     return {"status": "done" if all(r["outcome"] in ("reverted", "exited") for r in results.values())
