@@ -15,6 +15,7 @@
 Importable without pytest (bench/ uses it): `sys.path.insert(0, "<repo>/tests"); import harness`.
 """
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -24,6 +25,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -35,6 +37,21 @@ ARCH = HOST_ARCH   # the architecture live scenarios run on (tests/arm64/prepare
 TIME_SCALE = float(os.environ.get("HOTPATCH_TEST_TIME_SCALE", "1"))
 LINE_TIMEOUT = 20.0 * TIME_SCALE
 MANIFEST = "manifest.json"
+
+
+def _compiled_as_installed() -> None:
+    """The CLI started by tests and benchmarks finds its bytecode compiled, as an installed package does
+    (pip compiles it): where the environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE), every
+    start would compile the whole package again (about 0.1 s) and the benchmarks would time that. It goes
+    to a private directory made for this run (a predictable shared one could be planted), never into the
+    checkout. This process itself is not changed: its own settings were read at its start."""
+    if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None and "PYTHONPYCACHEPREFIX" not in os.environ:
+        prefix = tempfile.mkdtemp(prefix="hotpatch-bytecode-")
+        atexit.register(shutil.rmtree, prefix, True)
+        os.environ["PYTHONPYCACHEPREFIX"] = prefix
+
+
+_compiled_as_installed()
 
 
 def _prebuilt_dir() -> str | None:
@@ -230,7 +247,6 @@ class Builder:
             cc = compiler_for(self.arch)
             if cc is None:
                 raise MissingPrebuilt(f"no C compiler for {self.arch} here")
-            import tempfile
             with tempfile.TemporaryDirectory() as work:
                 tree = os.path.join(work, spec.directory)
                 shutil.copytree(os.path.join(ROOT, "fixtures", spec.directory), tree)
@@ -456,7 +472,6 @@ def paused(*args: str, at: str):
 
 def hotpatch_timed(*args: str) -> tuple[float, float, str]:
     """(wall ms, peak RSS MB of the CLI process, stdout); raises if it fails. For the benchmarks."""
-    import tempfile
     # Output goes to files: waiting for exit (wait4, for the child's own peak
     # memory) with a pipe full of a large JSON report would deadlock.
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
