@@ -23,6 +23,7 @@ from hotpatch.linux import (
 )
 from hotpatch.live import records
 from hotpatch.live.placement import candidate_addresses
+from hotpatch.process.anon_names import kernel_names_anonymous_mappings
 from hotpatch.process.attach import Process
 from hotpatch.process.maps import Mapping
 from hotpatch.process.modules import Module
@@ -85,12 +86,12 @@ def _map_image(proc: Process, plan: LayoutPlan, addresses: list[int], record_id:
         for seg in plan.segments:
             if seg.prot != PROT_READ | PROT_EXEC:
                 proc.syscall("mprotect", base + seg.offset, seg.size, seg.prot)
-        if name_vmas:
+        if name_vmas and kernel_names_anonymous_mappings():
             try:
                 proc.syscall("prctl", PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, plan.size,
                              base + records.NAME_OFFSET)
             except RemoteSyscallError:
-                pass   # kernel without CONFIG_ANON_VMA_NAME: list finds the image by its magic
+                pass   # refused for this process alone: list finds the image by its magic
     except BaseException:
         proc.syscall("munmap", base, plan.size)
         raise

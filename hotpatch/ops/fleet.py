@@ -27,6 +27,7 @@ from hotpatch.errors import HotpatchError, PatchMismatch, ProcessBusy, ProcessGo
 from hotpatch.live import hostkey, records
 from hotpatch.ops.apply import apply_loaded, load  # the workers' work, imported before they fork
 from hotpatch.ops.revert import revert
+from hotpatch.process.anon_names import kernel_names_anonymous_mappings
 from hotpatch.process.attach import process_arch
 from hotpatch.process.maps import read_maps
 from hotpatch.process.memory import Memory
@@ -121,9 +122,10 @@ def apply_everywhere(patch_path: str, jobs: int, timeout: float, trust: str | No
 
 def _prefetch(pid: int) -> None:
     """Parse, before the workers fork, what each would parse on its first process: the dynamic symbols,
-    dynamic sections and call frame information of the modules `pid` maps (elf/filecache.py), and import
-    its architecture's code. Every worker then starts warm. Read only; what fails here is left to the
-    workers, which report it."""
+    dynamic sections and call frame information of the modules `pid` maps (elf/filecache.py), import
+    its architecture's code and ask what the kernel supports. Every worker then starts warm. Read only;
+    what fails here is left to the workers, which report it."""
+    kernel_names_anonymous_mappings()
     try:
         process_arch(pid)
         maps = read_maps(pid)
