@@ -369,8 +369,9 @@ def revert_everywhere(patch: str, jobs: int, timeout: float, data: bytes | None 
     started = time.monotonic()
     if carriers:
         _prefetch(min(carriers))
+    key = hostkey.load()   # read once for every process, not once each
     results = _run_workers(sorted(carriers), jobs,
-                           lambda pid: revert(pid, carriers[pid], timeout=timeout), "reverted", progress)
+                           lambda pid: revert(pid, carriers[pid], timeout=timeout, key=key), "reverted", progress)
     return {"status": "done" if all(r["outcome"] in ("reverted", "exited") for r in results.values())
             else "some failed", "patch": name, "processes": [results[p] for p in sorted(carriers)],
             "summary": _tally(results),

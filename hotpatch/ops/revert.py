@@ -9,18 +9,19 @@ from hotpatch.live.records import PatchRecord
 from hotpatch.live.transaction import say_left_parked
 from hotpatch.live.undo import apply_recomposed, code_ranges, free_images, recompose, restore
 from hotpatch.live.unwinding import Stacks
-from hotpatch.ops.settle import settle
+from hotpatch.ops.settle import settle, view
 from hotpatch.process.attach import Process, attach, check_pid, process_arch
-from hotpatch.process.modules import loaded_modules
 from hotpatch.steps import Steps, check_interrupted
 
 
-def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0) -> dict:
+def revert(pid: int, patch_id: int | None = None, revert_all: bool = False, timeout: float = 10.0,
+           key: bytes | None = None) -> dict:
+    """Revert in process `pid`. `key`: the host key (read here if not given: a fleet run reads it once)."""
     steps = Steps("revert")
     check_pid(pid)
     proc = attach(pid, process_arch(pid), abort_check=check_interrupted)
     try:
-        return _revert(proc, patch_id, revert_all, timeout, steps)
+        return _revert(proc, patch_id, revert_all, timeout, steps, key if key is not None else hostkey.load())
     except HotpatchError as e:
         say_left_parked(proc, e)
         raise
@@ -62,17 +63,19 @@ def under_kept(chosen: list[PatchRecord], applied: list[PatchRecord]) -> bool:
                {f.site for f in later.functions} for r in chosen for later in applied)
 
 
-def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps) -> dict:
+def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: float, steps: Steps,
+            key: bytes | None) -> dict:
     sandbox.check_process(proc)
-    repaired = settle(proc, timeout)
-    maps = proc.maps()
-    found = records.find_records(maps, proc.mem, proc.pid, hostkey.load())
+    seen = view(proc, key)
+    repaired = settle(proc, timeout, seen)
+    if repaired:
+        seen = view(proc, key)
+    maps, found, modules = seen.maps, seen.found, seen.loaded.modules
     applied = [r for r in found if not r.retired]
     if not applied and repaired:
         return {"status": "repaired", "pid": proc.pid, "reverted": [], "patches": [], "freed": [],
                 "retired": [], "unfreed": [], "repaired": repaired, "warnings": []}
     chosen = choose(proc.pid, applied, patch_id, revert_all)
-    modules = loaded_modules(proc.pid, maps, proc.mem).modules
     gone = [r for r in chosen if records.unloaded(r, maps, modules)]   # dlclose()d: nothing to restore
     for r in chosen:
         reason = records.verify_unloaded(r, maps) if r in gone else records.verify(r, proc.arch, maps, modules)
@@ -95,7 +98,7 @@ def _revert(proc: Process, patch_id: int | None, revert_all: bool, timeout: floa
     try:
         attempts = transition.stop_when_safe(proc, code_ranges(chosen), timeout, steps, stacks, maps)
         if under_kept(chosen, applied):   # out of order: each function to the newest version that stays
-            apply_recomposed(recompose(chosen, applied, proc.mem), proc.mem, hostkey.load(), proc.pid, steps)
+            apply_recomposed(recompose(chosen, applied, proc.mem), proc.mem, key, proc.pid, steps)
         else:
             restore(chosen, proc.mem, steps)
     except BaseException:
