@@ -333,6 +333,26 @@ class Target:
         with open(f"/proc/{self.pid}/maps") as f:
             return f.read()
 
+    def images(self) -> list[int]:
+        """Start of every patch image in the process (applied, retired or pending): an anonymous mapping
+        that begins with the record magic. Found by content, as hotpatch finds them: a mapping's name
+        ([anon:hotpatch:...]) shows only where the kernel names anonymous mappings."""
+        from hotpatch.live.records import MAGIC
+        out = []
+        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
+            for line in self.maps().splitlines():
+                fields = line.split()
+                if (len(fields) == 5 or fields[5].startswith("[anon:")) and fields[1].startswith("r"):
+                    start = int(fields[0].split("-")[0], 16)
+                    try:
+                        mem.seek(start)
+                        head = mem.read(len(MAGIC))
+                    except OSError:
+                        continue
+                    if head == MAGIC:
+                        out.append(start)
+        return out
+
     def status(self, name: str) -> str:
         """A field of /proc/PID/status ("TracerPid", "State", "SigBlk"...)."""
         with open(f"/proc/{self.pid}/status") as f:
