@@ -562,6 +562,28 @@ def decode_jump(arch: str, code: bytes, site: int) -> tuple[str, int]:
     return "far", int.from_bytes(code[8:16], "little")
 
 
+def trusted_signer(directory) -> tuple[str, str]:
+    """(private key, trust file) of a throwaway ed25519 signer trusted for namespace hotpatch, under
+    `directory` (the trust file in a root-owned etc/ of its own, as hotpatch requires)."""
+    key = os.path.join(str(directory), "admin")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    kind, blob = open(f"{key}.pub").read().split()[:2]
+    etc = os.path.join(str(directory), "etc")
+    os.mkdir(etc, mode=0o755)
+    trust = os.path.join(etc, "allowed_signers")
+    with open(trust, "w") as f:
+        f.write(f'admin namespaces="hotpatch" {kind} {blob}\n')
+    return key, trust
+
+
+def until(check, what: str, seconds: float = 20) -> None:
+    """Wait for check() to hold (polled every 50 ms), failing with `what` after `seconds`."""
+    deadline = time.monotonic() + seconds * TIME_SCALE
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def host_only(reason: str) -> list:
     """pytestmark of a live scenario that cannot run on prebuilt files (the ARM64 guest), and why."""
     import pytest

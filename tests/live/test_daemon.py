@@ -7,10 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from harness import ROOT, TIME_SCALE, Patch, Program, host_only, hotpatch
+from harness import ROOT, TIME_SCALE, Patch, Program, host_only, hotpatch, trusted_signer, until
 
 pytestmark = host_only("ssh-keygen signs on this host; the daemon runs here")
 
@@ -22,24 +21,11 @@ FIX = Patch("patch_target.c", TARGET)
 def signed(build, tmp_path):
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen is not installed")
-    key = tmp_path / "admin"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    kind, blob = open(f"{key}.pub").read().split()[:2]
-    etc = tmp_path / "etc"
-    etc.mkdir(mode=0o755)
-    trust = etc / "allowed_signers"
-    trust.write_text(f'admin namespaces="hotpatch" {kind} {blob}\n')
+    key, trust = trusted_signer(tmp_path)
     patch = tmp_path / "fix.hp"
     shutil.copy(build(FIX), patch)
-    assert hotpatch("sign", str(patch), "--key", str(key)).returncode == 0
-    return str(patch), str(trust)
-
-
-def until(check, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds * TIME_SCALE
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    assert hotpatch("sign", str(patch), "--key", key).returncode == 0
+    return str(patch), trust
 
 
 def test_daemon_patches_old_and_new_processes(build, spawn, tmp_path, signed):

@@ -5,14 +5,14 @@ was installed (an exec, seen through the process-events connector or the poll). 
 patched crc32, and with the real one again after `uninstall`; neither is harmed."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import zlib
 
 import pytest
-from harness import ROOT, host_only, hotpatch
-from test_daemon import signed, until  # noqa: F401  (a fixture and a helper shared with the daemon tests)
+from harness import ROOT, host_only, hotpatch, trusted_signer, until
 
 pytestmark = host_only("ssh-keygen signs on this host; the daemon runs here")
 
@@ -29,13 +29,15 @@ def libz() -> str:
     return paths.pop()
 
 
-def test_daemon_patches_real_interpreters(spawn, tmp_path, signed):  # noqa: F811
-    _, trust = signed
+def test_daemon_patches_real_interpreters(spawn, tmp_path):
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    key, trust = trusted_signer(tmp_path)
     library = libz()
     patch = str(tmp_path / "crc.hp")
     r = hotpatch("build", FIX, "--target", library, "-o", patch)
     assert r.returncode == 0, r.stderr
-    assert hotpatch("sign", patch, "--key", str(tmp_path / "admin")).returncode == 0
+    assert hotpatch("sign", patch, "--key", key).returncode == 0
     patch_dir = str(tmp_path / "patches")
     assert hotpatch("install", patch, "--patch-dir", patch_dir, "--trust", trust).returncode == 0
 
